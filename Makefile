@@ -1,0 +1,51 @@
+# The README's two commands: `make quickstart` (the main job) and `make test` (all tests).
+# Both work on a fresh machine: they install what they need (venv, pip packages, Debian's prometheus,
+# the Kubernetes and etcd builds) and show progress.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv system-deps crds check-crds cluster-up cluster-down quickstart test clean
+
+help:
+	@echo "make quickstart   bring up the embedded control plane and run the example recipe"
+	@echo "make test         run every test against a real API server, SeaweedFS and Prometheus"
+	@echo "make crds         regenerate crds/ from gradatim/api"
+
+$(STAMP): pyproject.toml
+	@echo "==> Creating $(VENV) and installing gradatim with its trainer and test extras"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --progress-bar on --upgrade pip
+	$(PIP) install --progress-bar on -e '.[trainer,test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	@command -v go >/dev/null || { echo "Go is required to build Kubernetes and etcd from their modules (https://go.dev/dl)"; exit 1; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "==> Installing Debian's prometheus and promtool"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+crds: venv
+	$(PY) -m gradatim crds
+
+cluster-up: venv system-deps
+	$(PY) -m gradatim cluster up
+
+cluster-down: venv
+	$(PY) -m gradatim cluster down
+
+quickstart: venv system-deps
+	$(PY) -m gradatim quickstart
+
+test: venv system-deps
+	$(PY) -m gradatim cluster build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

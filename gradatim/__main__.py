@@ -1,0 +1,5 @@
+import sys
+
+from gradatim.cli import main
+
+sys.exit(main())

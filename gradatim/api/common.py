@@ -1,0 +1,126 @@
+"""Types shared by TrainingPipeline and TrainingStage: resources, storage, inputs, quality gates."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from gradatim.api.base import DNS1123_LABEL, MAX_STAGE_NAME, Model, Quantity, Rule, SecretKeyRef, rules
+
+StageType = Literal["generate", "decontaminate", "midtrain", "sft", "dpo", "grpo", "eval"]
+STAGE_TYPES: tuple[StageType, ...] = ("generate", "decontaminate", "midtrain", "sft", "dpo", "grpo", "eval")
+TRAINING_TYPES: tuple[StageType, ...] = ("midtrain", "sft", "dpo", "grpo")
+
+class Resources(Model):
+    """Compute for one stage. Each field left out on a stage comes from its pipeline."""
+
+    nodes: int | None = Field(default=None, ge=1, le=1024)
+    """Number of nodes (pods): one Kubeflow `Master` plus `nodes - 1` `Worker` replicas."""
+    gpus_per_node: int | None = Field(default=None, ge=0, le=64)
+    """GPUs per node; also the number of `torchrun` processes per node (`nprocPerNode`). 0 runs on CPU."""
+    gpu_resource_name: str | None = Field(default=None, max_length=253, pattern=r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+    """Extended resource name the GPUs are requested by, e.g. `nvidia.com/gpu` or `amd.com/gpu`."""
+    cpu: Quantity | None = None
+    """CPU request and limit per node, e.g. `32` or `31500m`."""
+    memory: Quantity | None = None
+    """Memory request and limit per node, e.g. `512Gi`."""
+    shm_size: Quantity | None = None
+    """Size of the memory-backed `/dev/shm` volume; NCCL and data loaders need more than the default 64Mi."""
+
+
+class PipelineResources(Resources):
+    """Default compute for the pipeline's stages; a stage overrides any field it sets."""
+
+    nodes: int = Field(default=1, ge=1, le=1024)
+    """Number of nodes (pods): one Kubeflow `Master` plus `nodes - 1` `Worker` replicas."""
+    gpus_per_node: int = Field(default=8, ge=0, le=64)
+    """GPUs per node; also the number of `torchrun` processes per node (`nprocPerNode`). 0 runs on CPU."""
+    gpu_resource_name: str = Field(default="nvidia.com/gpu", max_length=253, pattern=r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+    """Extended resource name the GPUs are requested by, e.g. `nvidia.com/gpu` or `amd.com/gpu`."""
+    cpu: Quantity = "32"
+    """CPU request and limit per node, e.g. `32` or `31500m`."""
+    memory: Quantity = "256Gi"
+    """Memory request and limit per node, e.g. `512Gi`."""
+    shm_size: Quantity = "64Gi"
+    """Size of the memory-backed `/dev/shm` volume; NCCL and data loaders need more than the default 64Mi."""
+
+
+class S3Storage(Model):
+    """Where stage outputs go: `s3://<bucket>/<prefix><namespace>/<pipeline>/<stage>/<cache key>/`."""
+
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    """S3 bucket name."""
+    prefix: str = Field(default="", max_length=512, pattern=r"^$|^[A-Za-z0-9!_.*'()/-]*/$")
+    """Key prefix inside the bucket; empty, or ending in `/`."""
+    endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s/]+(/.*)?$")
+    """S3 endpoint URL for non-AWS stores (MinIO, SeaweedFS, Ceph); left out for AWS."""
+    region: str = Field(default="us-east-1", min_length=1, max_length=64)
+    """S3 region."""
+    secret_ref: SecretKeyRef
+    """Secret with the S3 credentials, mounted into trainer pods as environment variables."""
+
+
+class Source(
+    Model,
+    json_schema_extra=rules(
+        Rule(
+            "[has(self.hf), has(self.uri), has(self.fromStage), has(self.builtin)].filter(x, x).size() == 1",
+            "set exactly one of hf, uri, fromStage or builtin",
+        ),
+        Rule("!has(self.output) || has(self.fromStage)", "output selects an output of fromStage; set fromStage too", ".output", "FieldValueForbidden"),
+    ),
+):
+    """A model or dataset: exactly one of `hf`, `uri`, `fromStage` or `builtin`."""
+
+    hf: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?(@[A-Za-z0-9_.-]+)?$")
+    """Hugging Face Hub id, optionally with a revision: `microsoft/Phi-4-mini-instruct@main`."""
+    uri: str | None = Field(default=None, min_length=1, max_length=2048, pattern=r"^(s3://[a-z0-9][a-z0-9.-]*[a-z0-9]/\S*|/\S*)$")
+    """An `s3://bucket/key/` URI or an absolute path inside the trainer container (e.g. a mounted volume)."""
+    from_stage: str | None = Field(default=None, min_length=1, max_length=MAX_STAGE_NAME, pattern=DNS1123_LABEL)
+    """Name of a stage of the same pipeline whose output this is; it must also be listed in `dependsOn`."""
+    output: str | None = Field(default=None, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")
+    """Which output of `fromStage`: `model`, `traces`, `pairs`, `prompts`, `data`. Left out: the main output of its type."""
+    builtin: str | None = Field(default=None, max_length=128, pattern=r"^[a-z][a-z0-9-]*(:[a-z0-9-]+)*$")
+    """A generator shipped in the trainer image, for tests and the quickstart: e.g. `tiny-math:train`, `tiny-model`."""
+
+
+class Dataset(Source):
+    """A dataset input; `name` labels its results (e.g. one eval set)."""
+
+    name: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+    """Short name used in metrics and reports, e.g. `math500`. Defaults to the source's last path segment."""
+
+
+class Inputs(
+    Model,
+    json_schema_extra=rules(
+        Rule(
+            "self.evalData.all(a, !has(a.name) || self.evalData.exists_one(b, has(b.name) && b.name == a.name))",
+            "evalData names must be unique",
+            ".evalData",
+        ),
+    ),
+):
+    """What a stage reads. Which entries a type requires is checked against `type`."""
+
+    model: Source | None = None
+    """The model: the policy to train, the teacher for `generate`, the model under test for `eval`."""
+    data: list[Dataset] = Field(default_factory=list, max_length=32)
+    """Training data, prompts (for `generate` and `grpo`) or preference pairs (for `dpo`), concatenated in order."""
+    eval_data: list[Dataset] = Field(default_factory=list, max_length=32)
+    """Eval sets: scored by `eval`, removed from `data` by `decontaminate`, used for validation by training types."""
+
+
+GateComparison = Literal[">", ">=", "<", "<="]
+
+
+class QualityGate(Model):
+    """A check on one of the stage's headline metrics; when it fails the stage fails and blocks its downstream stages."""
+
+    metric: str = Field(min_length=1, max_length=128, pattern=r"^[a-z][a-z0-9_@.:/-]*$")
+    """Headline metric from the stage's results: e.g. `pass@1` or `pass@1/math500` (eval), `train_loss` (training), `acceptance_rate` (generate), `removed_fraction` (decontaminate)."""
+    comparison: GateComparison = ">="
+    """How the metric compares with the threshold for the gate to pass."""
+    threshold: float
+    """The value the metric is compared with."""

@@ -1,0 +1,256 @@
+"""Typed hyperparameters, one block per stage type (`spec.<type>`). Defaults follow the Phi-4 reports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from gradatim.api.base import Model, Rule, rules
+
+PHI4_REASONING_SYSTEM_MESSAGE = (
+    "You are Phi, a language model trained by Microsoft to help users. Your role as an assistant involves "
+    "thoroughly exploring questions through a systematic thinking process before providing the final precise "
+    "and accurate solutions. This requires engaging in a comprehensive cycle of analysis, summarizing, "
+    "exploration, reassessment, reflection, backtracing, and iteration to develop well-considered thinking "
+    "process. Please structure your response into two main sections: Thought and Solution using the specified "
+    "format: <think> {Thought section} </think> {Solution section}. In the Thought section, detail your "
+    "reasoning process in steps. Each step should include detailed considerations such as analysing questions, "
+    "summarizing relevant findings, brainstorming new ideas, verifying the accuracy of the current steps, "
+    "refining any errors, and revisiting previous steps. In the Solution section, based on various attempts, "
+    "explorations, and reflections from the Thought section, systematically present the final solution that "
+    "you deem correct. The Solution section should be logical, accurate, and concise and detail necessary "
+    "steps needed to reach the conclusion. Now, try to solve the following question through the above guidelines:"
+)
+
+NO_PACKING = Rule(
+    "!self.packing",
+    "packing is only supported for midtrain and sft stages; remove packing or set it to false",
+    ".packing",
+    "FieldValueForbidden",
+)
+
+
+class Sampling(Model):
+    """How completions are sampled."""
+
+    temperature: float = Field(default=0.8, ge=0.0, le=4.0)
+    """Sampling temperature; 0 is greedy. Phi-4-reasoning uses 0.8."""
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    top_k: int = Field(default=50, ge=0, le=100000)
+    """Top-k sampling; 0 turns it off."""
+    max_new_tokens: int = Field(default=32768, ge=1, le=1048576)
+    """Upper bound on generated tokens per completion."""
+
+
+class PassRateBand(Model, json_schema_extra=rules(Rule("self.min <= self.max", "min must not exceed max", ".min"))):
+    """Keep only prompts whose pass rate lies in [min, max]: "at the edge of the model's ability"."""
+
+    min: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Lowest pass rate kept (inclusive)."""
+    max: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Highest pass rate kept (inclusive)."""
+
+
+class GenerateParams(
+    Sampling,
+    json_schema_extra=rules(
+        Rule("!self.writePairs || self.samplesPerPrompt >= 2", "writePairs needs samplesPerPrompt >= 2 to find a correct and an incorrect rollout of one prompt", ".samplesPerPrompt"),
+    ),
+):
+    """Teacher rollouts with rejection sampling by a math verifier (`type: generate`)."""
+
+    samples_per_prompt: int = Field(default=8, ge=1, le=1024)
+    """Rollouts per prompt (k); Phi-4-mini-reasoning used about 8."""
+    verifier: Literal["math-verify"] = "math-verify"
+    """Checks each rollout's final answer against the prompt's gold answer."""
+    pass_rate_band: PassRateBand | None = None
+    """Keep only prompts whose pass rate over the k rollouts lies in this band (also written as a `prompts` output)."""
+    write_pairs: bool = True
+    """Also write DPO pairs (chosen = a correct rollout, rejected = an incorrect rollout of the same prompt)."""
+    max_pairs_per_prompt: int = Field(default=1, ge=1, le=64)
+    """Most preference pairs written per prompt."""
+    system_message: str | None = Field(default=None, max_length=16384)
+    """System message put before each prompt; left out: the model's chat template decides."""
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    """Prompts generated together per process."""
+
+
+class DecontaminateParams(Model):
+    """Remove training examples that overlap eval sets (`type: decontaminate`)."""
+
+    ngram_size: int = Field(default=13, ge=1, le=64)
+    """n of the word n-grams compared after normalisation (13 as in GPT-3's decontamination)."""
+    threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    """Remove an example when at least this fraction of an eval item's n-grams appear in it (or of its own, for short examples)."""
+    fields: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default_factory=lambda: ["prompt"], min_length=1, max_length=8, json_schema_extra={"x-kubernetes-list-type": "set"})
+    """Text fields of each example that are compared."""
+
+
+BATCH_DIVISIBLE = Rule("self.batchSize % self.microBatchSize == 0", "batchSize must be a multiple of microBatchSize", ".batchSize")
+
+
+class TrainingParams(Model, json_schema_extra=rules(BATCH_DIVISIBLE)):
+    """Optimisation settings shared by the training types."""
+
+    learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0)
+    """Peak learning rate (AdamW)."""
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Fraction of steps spent warming up."""
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    """Gradient clipping norm."""
+    epochs: float = Field(default=1.0, gt=0.0, le=1000.0)
+    """Passes over the data; ignored when maxSteps is set."""
+    max_steps: int | None = Field(default=None, ge=1, le=100000000)
+    """Stop after this many optimiser steps."""
+    batch_size: int = Field(default=128, ge=1, le=1048576)
+    """Global batch size in sequences (for grpo: completions) per optimiser step, across all processes."""
+    micro_batch_size: int = Field(default=1, ge=1, le=65536)
+    """Sequences per process per forward pass; gradient accumulation makes up the rest."""
+    max_length: int = Field(default=16384, ge=16, le=1048576)
+    """Longest sequence in tokens; longer examples are truncated (packed sequences are filled to it)."""
+    packing: bool = False
+    """Pack several examples into one sequence (midtrain, sft only); documents never attend to each other."""
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Training precision (fp32 on CPU)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory."""
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp` replicates the model on every GPU; `fsdp` shards parameters, gradients and optimiser state."""
+
+
+class MidtrainParams(TrainingParams):
+    """Distillation mid-training on packed chain-of-thought (`type: midtrain`)."""
+
+    packing: bool = True
+    """Pack several examples into one sequence; documents never attend to each other."""
+    epochs: float = Field(default=5.0, gt=0.0, le=1000.0)
+    """Passes over the data; ignored when maxSteps is set."""
+
+
+class SFTParams(TrainingParams):
+    """Unpacked chat SFT on reasoning traces; the loss is on the assistant turn only (`type: sft`)."""
+
+    system_message: str | None = Field(default=PHI4_REASONING_SYSTEM_MESSAGE, max_length=16384)
+    """System message in every example; the Phi-4-reasoning message by default."""
+    think_format: bool = True
+    """Wrap the reasoning in `<think>…</think>` before the final solution."""
+    epochs: float = Field(default=5.0, gt=0.0, le=1000.0)
+    """Passes over the data; ignored when maxSteps is set."""
+
+
+class DPOParams(TrainingParams, json_schema_extra=rules(BATCH_DIVISIBLE, NO_PACKING)):
+    """Rollout DPO on (correct, incorrect) pairs of one prompt; the input model is also the reference (`type: dpo`)."""
+
+    beta: float = Field(default=0.1, gt=0.0, le=100.0)
+    """Strength of the implicit KL constraint to the reference model."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "apo_zero", "apo_down", "sppo_hard"] = "sigmoid"
+    """DPO loss variant, as TRL names them; `sigmoid` is the original DPO loss."""
+    learning_rate: float = Field(default=5e-7, gt=0.0, le=1.0)
+    """Peak learning rate (5e-7 for Phi-4-mini-reasoning's rollout DPO)."""
+
+
+class LengthAwareReward(
+    Model,
+    json_schema_extra=rules(
+        Rule("self.positiveControlLength < self.maxLength", "positiveControlLength must be below maxLength", ".positiveControlLength"),
+    ),
+):
+    """Correctness scaled by completion length: short-and-right scores highest, wrong-and-short lowest (Phi-4-reasoning-plus)."""
+
+    enabled: bool = True
+    """Scale by length; false: plain correctness, +1 right and -1 wrong."""
+    max_length: int = Field(default=31744, ge=2, le=1048576)
+    """L_max: a correct answer at this length scores `correctMin`."""
+    positive_control_length: int = Field(default=25600, ge=1, le=1048576)
+    """L_pos: correct answers up to this length score `correctMax`; beyond it the reward decays by a cosine."""
+    negative_control_length: int = Field(default=3702, ge=1, le=1048576)
+    """L_neg: wrong answers rise from `incorrectMin` at length 0 to `incorrectMax` at this length."""
+    correct_max: float = 1.0
+    """Reward of a short correct answer."""
+    correct_min: float = 0.5
+    """Reward of a correct answer at maxLength."""
+    incorrect_max: float = -0.5
+    """Reward of a wrong answer at or beyond negativeControlLength."""
+    incorrect_min: float = -1.0
+    """Reward of a very short wrong answer."""
+
+
+class RepetitionPenalty(Model):
+    """A penalty (<= 0) for repeated n-grams in a completion."""
+
+    ngram_size: int = Field(default=5, ge=1, le=64)
+    """n of the token n-grams counted."""
+    max_repeats: int = Field(default=5, ge=1, le=1000)
+    """An n-gram seen more often than this counts as repeated."""
+
+
+class Rewards(Model, json_schema_extra=rules(Rule("self.correctness + self.repetition + self.format > 0.0", "at least one reward weight must be positive", ".correctness"))):
+    """The GRPO reward: a weighted sum of its parts (weights 8/13 and 1/13 in Phi-4-reasoning-plus)."""
+
+    correctness: float = Field(default=0.6153846153846154, ge=0.0, le=100.0)
+    """Weight of the verifiable correctness reward (math-verify against the gold answer, gold first)."""
+    length_aware: LengthAwareReward = Field(default_factory=LengthAwareReward)
+    """How correctness is scaled by completion length."""
+    repetition: float = Field(default=0.07692307692307693, ge=0.0, le=100.0)
+    """Weight of the repetition penalty."""
+    repetition_penalty: RepetitionPenalty = Field(default_factory=RepetitionPenalty)
+    """How repetition is measured."""
+    format: float = Field(default=0.0, ge=0.0, le=100.0)
+    """Weight of the format check (a closed `<think>` block followed by an answer)."""
+
+
+class GRPOParams(
+    TrainingParams,
+    json_schema_extra=rules(
+        BATCH_DIVISIBLE,
+        NO_PACKING,
+        Rule("self.batchSize % self.numGenerations == 0", "batchSize (completions per step) must be a multiple of numGenerations", ".batchSize"),
+        Rule("!has(self.epsilonHigh) || self.epsilonHigh >= self.epsilon", "epsilonHigh must be at least epsilon", ".epsilonHigh"),
+    ),
+):
+    """GRPO with verifiable, length-aware and repetition rewards (`type: grpo`)."""
+
+    num_generations: int = Field(default=8, ge=2, le=1024)
+    """Group size G: completions sampled per prompt and compared with each other."""
+    beta: float = Field(default=0.001, ge=0.0, le=10.0)
+    """KL coefficient to the reference model; 0 loads no reference model."""
+    epsilon: float = Field(default=0.2, gt=0.0, le=1.0)
+    """Lower clip range of the policy ratio."""
+    epsilon_high: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Upper clip range (DAPO's clip-higher); left out: equal to epsilon."""
+    max_completion_length: int = Field(default=31744, ge=1, le=1048576)
+    """Longest completion in tokens."""
+    temperature: float = Field(default=1.0, gt=0.0, le=4.0)
+    """Rollout sampling temperature."""
+    learning_rate: float = Field(default=5e-8, gt=0.0, le=1.0)
+    """Peak learning rate (5e-8 for Phi-4-reasoning-plus)."""
+    batch_size: int = Field(default=512, ge=1, le=1048576)
+    """Completions per optimiser step across all processes (64 prompts × G=8 in Phi-4-reasoning-plus)."""
+    rewards: Rewards = Field(default_factory=Rewards)
+    """How completions are scored."""
+    system_message: str | None = Field(default=None, max_length=16384)
+    """System message before each prompt; left out: the model's chat template decides."""
+
+
+class EvalParams(
+    Sampling,
+    json_schema_extra=rules(
+        Rule("self.samplesPerProblem == 1 || self.temperature > 0.0", "with temperature 0 every sample is the same; set samplesPerProblem to 1 or a temperature above 0", ".temperature"),
+    ),
+):
+    """pass@1 averaged over k samples per problem, per eval set, with a confidence interval (`type: eval`)."""
+
+    samples_per_problem: int = Field(default=5, ge=1, le=1024)
+    """k: samples per problem; pass@1 is the mean correctness over all of them."""
+    confidence_level: float = Field(default=0.95, gt=0.0, lt=1.0)
+    """Confidence level of the reported interval."""
+    system_message: str | None = Field(default=None, max_length=16384)
+    """System message before each problem; left out: the model's chat template decides."""
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    """Problems generated together per process."""

@@ -1,0 +1,60 @@
+"""The `gradatim` command: one entry point for the control plane, the operator, the job runner and local runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from gradatim.api.crd import CRD_DIR, write_crds
+
+    for path in write_crds(args.out or CRD_DIR):
+        print(f"Wrote {path}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from gradatim.cluster.build import default_cache_dir, ensure_binaries
+    from gradatim.cluster.progress import ConsoleProgress
+
+    binaries = ensure_binaries(default_cache_dir(), ConsoleProgress())
+    print(f"Binaries ready in {binaries.kube_apiserver.parent} and {binaries.etcd.parent}")
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from gradatim.quickstart import run_quickstart
+
+    return run_quickstart(args.state_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradatim", description="Multi-stage LLM post-training on Kubernetes, step by step.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from gradatim.cluster.cli import add_cluster_commands
+
+    cluster = add_cluster_commands(sub)
+    cluster_commands = next(a for a in cluster._actions if isinstance(a, argparse._SubParsersAction))
+    build = cluster_commands.add_parser("build", help="build (or find cached) Kubernetes and etcd binaries")
+    build.set_defaults(func=_build)
+
+    quick = sub.add_parser("quickstart", help="bring up the embedded control plane and apply the example recipe")
+    quick.add_argument("--state-dir", default=None, help="control plane state (default: ~/.gradatim/cluster)")
+    quick.set_defaults(func=_quickstart)
+
+    crds = sub.add_parser("crds", help="write the CRD YAML generated from gradatim/api")
+    crds.add_argument("--out", type=Path, default=None, help="directory (default: the repo's crds/)")
+    crds.set_defaults(func=_crds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
