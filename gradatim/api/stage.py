@@ -205,7 +205,9 @@ class TrainingStageStatus(Model):
     """For humans: Pending, Blocked, Running, Retrying, Suspended, Succeeded, Cached, Failed or Invalid."""
     conditions: list[Condition] = conditions_field("`Ready`, `Reconciling` and `Stalled` (kstatus), plus `Succeeded` and `Blocked`.")
     attempt: int = Field(default=0, ge=0)
-    """Current attempt, from 1; 0 before the first job."""
+    """Number of the latest PyTorchJob, from 1, counted over the stage's life; 0 before the first job."""
+    retries: int = Field(default=0, ge=0)
+    """Failed attempts of the current run (since the cache key last changed)."""
     job_name: str | None = Field(default=None, max_length=63)
     """Name of the current attempt's PyTorchJob."""
     cache_key: str | None = Field(default=None, max_length=128)

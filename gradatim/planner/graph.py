@@ -1,0 +1,119 @@
+"""The stage graph of one pipeline: dependency order, cycles, downstream sets and content keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gradatim.api.stage import TrainingStage
+
+KEY_LENGTH = 16
+
+
+def stages_by_name(stages: Iterable[TrainingStage]) -> dict[str, TrainingStage]:
+    return {s.metadata["name"]: s for s in stages}
+
+
+def find_cycle(stages: Mapping[str, TrainingStage]) -> list[str] | None:
+    """A dependency cycle among the stages, as the list of names around it, or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for dep in stages[name].spec.depends_on:
+            if dep not in stages:
+                continue
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        path.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(stages):
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+def on_cycle(name: str, stages: Mapping[str, TrainingStage]) -> list[str] | None:
+    """The cycle through `name`, if it lies on one."""
+    seen: set[str] = set()
+
+    def reaches(current: str, trail: list[str]) -> list[str] | None:
+        for dep in stages[current].spec.depends_on:
+            if dep == name:
+                return trail + [dep]
+            if dep in stages and dep not in seen:
+                seen.add(dep)
+                if found := reaches(dep, trail + [dep]):
+                    return found
+        return None
+
+    return reaches(name, [name]) if name in stages else None
+
+
+def topological_order(stages: Mapping[str, TrainingStage]) -> list[str]:
+    """Stage names with every dependency before its dependents (ties by name); stages on cycles come last."""
+    order: list[str] = []
+    placed: set[str] = set()
+    remaining = sorted(stages)
+    while remaining:
+        ready = [n for n in remaining if all(d in placed or d not in stages for d in stages[n].spec.depends_on)]
+        if not ready:
+            return order + remaining
+        order.extend(ready)
+        placed.update(ready)
+        remaining = [n for n in remaining if n not in placed]
+    return order
+
+
+def downstream(name: str, stages: Mapping[str, TrainingStage]) -> set[str]:
+    """Every stage that depends on `name`, directly or not."""
+    out: set[str] = set()
+    frontier = [name]
+    while frontier:
+        current = frontier.pop()
+        for other, stage in stages.items():
+            if current in stage.spec.depends_on and other not in out:
+                out.add(other)
+                frontier.append(other)
+    return out
+
+
+def _key_material(stage: TrainingStage, dep_keys: Mapping[str, str], image: str) -> dict[str, Any]:
+    """What a stage's output depends on: its type, hyperparameters, inputs (upstream stages by their keys),
+    seed and trainer image. Not resources, retries, gates, suspend or scheduling: they change how or whether
+    it runs, not what it produces."""
+    spec = stage.spec
+    inputs = spec.inputs.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for source in [inputs.get("model")] + inputs.get("data", []) + inputs.get("evalData", []):
+        if source and "fromStage" in source:
+            source["fromStage"] = dep_keys.get(source["fromStage"], "?")
+    return {
+        "type": spec.type,
+        "params": stage.params().to_wire(),
+        "inputs": inputs,
+        "after": sorted(dep_keys.get(d, "?") for d in spec.depends_on),
+        "seed": spec.seed,
+        "image": spec.image or image,
+    }
+
+
+def cache_keys(stages: Mapping[str, TrainingStage], image: str) -> dict[str, str]:
+    """The content key of every stage not on a cycle: a hash of its spec with inputs resolved to the keys of
+    the stages they come from, so editing a stage changes its key and every key downstream of it."""
+    keys: dict[str, str] = {}
+    for name in topological_order(stages):
+        deps = stages[name].spec.depends_on
+        if any(d in stages and d not in keys for d in deps):
+            continue  # on or behind a cycle
+        material = _key_material(stages[name], keys, image)
+        digest = hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        keys[name] = digest[:KEY_LENGTH]
+    return keys

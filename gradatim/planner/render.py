@@ -1,0 +1,247 @@
+"""Pure builders for a stage attempt's children: the resolved spec, its ConfigMap and the PyTorchJob."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gradatim.api.base import API_VERSION
+from gradatim.api.common import Resources, Source
+from gradatim.api.pipeline import TrainingPipeline
+from gradatim.api.stage import TrainingStage
+
+LABEL_PREFIX = "gradatim.io/"
+PIPELINE_LABEL = LABEL_PREFIX + "pipeline"
+STAGE_LABEL = LABEL_PREFIX + "stage"
+TYPE_LABEL = LABEL_PREFIX + "type"
+ATTEMPT_LABEL = LABEL_PREFIX + "attempt"
+KEY_LABEL = LABEL_PREFIX + "cache-key"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "gradatim"}
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+SPEC_DIR = "/etc/gradatim"
+SPEC_FILE = "stage.json"
+METRICS_PORT = 9090
+# The main output of each type, for `fromStage` inputs that name no `output`.
+MAIN_OUTPUT = {"generate": "traces", "decontaminate": "data", "midtrain": "model", "sft": "model", "dpo": "model", "grpo": "model", "eval": "results"}
+
+
+def job_name(stage: str, attempt: int) -> str:
+    return f"{stage}-a{attempt}"
+
+
+def output_uri(pipeline: TrainingPipeline, namespace: str, pipeline_name: str, stage: str, key: str) -> str:
+    storage = pipeline.spec.storage
+    return f"s3://{storage.bucket}/{storage.prefix}{namespace}/{pipeline_name}/{stage}/{key}/"
+
+
+def effective_resources(stage: TrainingStage, pipeline: TrainingPipeline) -> dict[str, Any]:
+    """The pipeline's default resources with every field the stage sets laid over them."""
+    merged = pipeline.spec.resources.model_dump()
+    merged.update({k: v for k, v in stage.spec.resources.model_dump().items() if v is not None})
+    return Resources.model_validate(merged).model_dump()
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What a finished upstream stage offers: its type (for its main output) and its output URIs."""
+
+    type: str
+    outputs: Mapping[str, str]
+
+    def uri(self, output: str | None) -> str | None:
+        return self.outputs.get(output or MAIN_OUTPUT[self.type])
+
+
+def _sources(stage: TrainingStage) -> list[Source]:
+    inputs = stage.spec.inputs
+    return [s for s in [inputs.model, *inputs.data, *inputs.eval_data] if s is not None]
+
+
+def missing_outputs(stage: TrainingStage, upstream: Mapping[str, Upstream]) -> list[str]:
+    """`fromStage` inputs whose output the upstream stage did not report, as `stage/output`."""
+    missing = []
+    for source in _sources(stage):
+        if source.from_stage is not None:
+            up = upstream.get(source.from_stage)
+            if up is None or up.uri(source.output) is None:
+                kind = source.output or (MAIN_OUTPUT[up.type] if up else "main output")
+                missing.append(f"{source.from_stage}/{kind}")
+    return missing
+
+
+def resolve_source(source: Source, upstream: Mapping[str, Upstream]) -> dict[str, Any]:
+    """A source with `fromStage` replaced by the URI of that stage's output."""
+    wire = source.to_wire()
+    if source.from_stage is None:
+        return wire
+    up = upstream[source.from_stage]
+    wire.pop("fromStage")
+    wire.pop("output", None)
+    wire["uri"] = up.uri(source.output)
+    wire["producedBy"] = {"stage": source.from_stage, "output": source.output or MAIN_OUTPUT[up.type]}
+    return wire
+
+
+def render_stage_spec(
+    stage: TrainingStage, pipeline: TrainingPipeline, *, key: str, attempt: int, upstream: Mapping[str, Upstream]
+) -> dict[str, Any]:
+    """The resolved stage spec the trainer reads: inputs as concrete URIs, where to write, how to resume."""
+    meta, spec = stage.metadata, stage.spec
+    out = output_uri(pipeline, meta["namespace"], spec.pipeline, meta["name"], key)
+    return {
+        "apiVersion": API_VERSION,
+        "namespace": meta["namespace"],
+        "pipeline": spec.pipeline,
+        "stage": meta["name"],
+        "type": spec.type,
+        "attempt": attempt,
+        "cacheKey": key,
+        "seed": spec.seed,
+        "params": stage.params().to_wire(),
+        "inputs": {
+            "model": resolve_source(spec.inputs.model, upstream) if spec.inputs.model else None,
+            "data": [resolve_source(d, upstream) for d in spec.inputs.data],
+            "evalData": [resolve_source(d, upstream) for d in spec.inputs.eval_data],
+        },
+        "output": {"uri": out, "checkpointUri": out + "checkpoints/", "checkpointInterval": spec.checkpoint_interval},
+        "storage": pipeline.spec.storage.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"secret_ref"}),
+        "metricsPort": METRICS_PORT,
+    }
+
+
+def owner_reference(stage: TrainingStage) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingStage",
+        "name": stage.metadata["name"],
+        "uid": stage.metadata["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_labels(stage: TrainingStage, attempt: int, key: str) -> dict[str, str]:
+    """Our labels only: never the parent's GitOps tracking labels, or Argo CD would prune the children."""
+    return {
+        **MANAGED_BY,
+        PIPELINE_LABEL: stage.spec.pipeline,
+        STAGE_LABEL: stage.metadata["name"],
+        TYPE_LABEL: stage.spec.type,
+        ATTEMPT_LABEL: str(attempt),
+        KEY_LABEL: key,
+    }
+
+
+def render_configmap(stage: TrainingStage, resolved: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{job_name(stage.metadata['name'], resolved['attempt'])}-spec",
+            "namespace": stage.metadata["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(stage)],
+        },
+        "data": {SPEC_FILE: json.dumps(resolved, indent=2, sort_keys=True)},
+    }
+
+
+def _env(stage: TrainingStage, pipeline: TrainingPipeline, attempt: int) -> list[dict[str, Any]]:
+    storage = pipeline.spec.storage
+    secret = storage.secret_ref
+    env: list[dict[str, Any]] = [
+        {"name": "GRADATIM_NAMESPACE", "value": stage.metadata["namespace"]},
+        {"name": "GRADATIM_PIPELINE", "value": stage.spec.pipeline},
+        {"name": "GRADATIM_STAGE", "value": stage.metadata["name"]},
+        {"name": "GRADATIM_STAGE_TYPE", "value": stage.spec.type},
+        {"name": "GRADATIM_ATTEMPT", "value": str(attempt)},
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.access_key_id_key}}},
+        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.secret_access_key_key}}},
+        {"name": "AWS_DEFAULT_REGION", "value": storage.region},
+        # Surface NCCL hangs as errors so a stuck rank fails the attempt instead of holding the GPUs.
+        {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
+        {"name": "NCCL_DEBUG", "value": "WARN"},
+    ]
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
+    else:  # an endpoint kept in the Secret (e.g. an in-cluster store) is used when present
+        env.append({"name": "AWS_ENDPOINT_URL", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": "AWS_ENDPOINT_URL", "optional": True}}})
+    overrides = {e.name: e.value for e in [*pipeline.spec.env, *stage.spec.env]}
+    env = [e for e in env if e["name"] not in overrides]
+    env.extend({"name": k, "value": v} for k, v in overrides.items())
+    return env
+
+
+def _replica(stage: TrainingStage, pipeline: TrainingPipeline, resources: dict[str, Any], configmap: str, attempt: int, replicas: int) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": str(resources["cpu"]), "memory": str(resources["memory"])}
+    if resources["gpus_per_node"] > 0:
+        limits[resources["gpu_resource_name"]] = str(resources["gpus_per_node"])
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "pytorch",
+                "image": stage.spec.image or pipeline.spec.image,
+                "imagePullPolicy": pipeline.spec.image_pull_policy,
+                "command": ["torchrun", "-m", "gradatim.trainer", "--spec", f"{SPEC_DIR}/{SPEC_FILE}"],
+                "env": _env(stage, pipeline, attempt),
+                "ports": [{"name": "pytorchjob-port", "containerPort": 23456}, {"name": "metrics", "containerPort": METRICS_PORT}],
+                "resources": {"requests": dict(limits), "limits": limits},
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True}],
+            }
+        ],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(resources["shm_size"])}},
+            {"name": "stage-spec", "configMap": {"name": configmap}},
+        ],
+    }
+    priority = stage.spec.priority_class_name or pipeline.spec.priority_class_name
+    if priority:
+        pod_spec["priorityClassName"] = priority
+    if pipeline.spec.service_account_name:
+        pod_spec["serviceAccountName"] = pipeline.spec.service_account_name
+    labels = {**MANAGED_BY, PIPELINE_LABEL: stage.spec.pipeline, STAGE_LABEL: stage.metadata["name"], TYPE_LABEL: stage.spec.type, ATTEMPT_LABEL: str(attempt)}
+    return {"replicas": replicas, "restartPolicy": "Never", "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
+
+
+def render_pytorchjob(
+    stage: TrainingStage, pipeline: TrainingPipeline, *, key: str, attempt: int, configmap: str, suspend: bool
+) -> dict[str, Any]:
+    """One attempt as a Kubeflow PyTorchJob: a Master and nodes-1 Workers, each `torchrun -m gradatim.trainer`.
+
+    A failed pod fails the attempt (restartPolicy Never, backoffLimit 0); the operator retries by starting a
+    new attempt that resumes from the last checkpoint, so the whole gang restarts together.
+    """
+    resources = effective_resources(stage, pipeline)
+    name = job_name(stage.metadata["name"], attempt)
+    labels = child_labels(stage, attempt, key)
+    queue = stage.spec.queue_name or pipeline.spec.queue_name
+    if queue:
+        labels[KUEUE_QUEUE_LABEL] = queue
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "None", "backoffLimit": 0, "suspend": suspend}
+    if stage.spec.active_deadline_seconds:
+        run_policy["activeDeadlineSeconds"] = stage.spec.active_deadline_seconds
+    priority = stage.spec.priority_class_name or pipeline.spec.priority_class_name
+    if priority:
+        run_policy["schedulingPolicy"] = {"priorityClass": priority}
+    replicas = {"Master": _replica(stage, pipeline, resources, configmap, attempt, 1)}
+    if resources["nodes"] > 1:
+        replicas["Worker"] = _replica(stage, pipeline, resources, configmap, attempt, resources["nodes"] - 1)
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {
+            "name": name,
+            "namespace": stage.metadata["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(stage)],
+        },
+        "spec": {
+            "nprocPerNode": str(max(resources["gpus_per_node"], 1)),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replicas,
+        },
+    }

@@ -1,0 +1,271 @@
+"""What to do about one TrainingStage: a pure function of the stage, its pipeline, its siblings, its current
+job, what S3 holds under its key, and the time. The operator and local mode both act on the plan it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from gradatim.api.pipeline import TrainingPipeline
+from gradatim.api.stage import GateResult, Progress, TrainingStage, TrainingStageStatus
+from gradatim.planner.conditions import conditions_for
+from gradatim.planner.graph import cache_keys, on_cycle
+from gradatim.planner.jobs import JobState, job_state
+from gradatim.planner.render import (
+    KUEUE_QUEUE_LABEL,
+    Upstream,
+    job_name,
+    missing_outputs,
+    render_configmap,
+    render_pytorchjob,
+    render_stage_spec,
+    child_labels,
+)
+
+MAX_BACKOFF_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The world as the shell saw it, for one stage."""
+
+    stage: TrainingStage
+    pipeline: TrainingPipeline | None
+    siblings: Mapping[str, TrainingStage]  # every stage of the pipeline, this one included
+    job: dict[str, Any] | None  # the PyTorchJob named in status.jobName
+    results: dict[str, Any] | None  # results.json under the stage's current key, when a run finished
+    progress: dict[str, Any] | None  # progress.json of the running attempt, when the trainer wrote one
+    now: datetime
+    problems: tuple[str, ...] = ()  # bad references the shell found (missing Secret, unreachable S3), naming the field
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    job: dict[str, Any]
+    configmap: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SetJobSuspended:
+    name: str
+    suspended: bool
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+Action = CreateJob | SetJobSuspended | DeleteJob
+
+
+@dataclass
+class Plan:
+    status: TrainingStageStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    reason: str = ""
+    message: str = ""
+
+
+def backoff_seconds(base: int, retries: int) -> int:
+    return min(base * 2 ** max(retries - 1, 0), MAX_BACKOFF_SECONDS)
+
+
+def is_done(stage: TrainingStage, key: str | None) -> bool:
+    """Succeeded (or cached) for its current spec and key, with its gate passed."""
+    st = stage.status
+    return (
+        st is not None
+        and st.phase in ("Succeeded", "Cached")
+        and st.cache_key == key
+        and st.observed_generation == stage.metadata.get("generation")
+        and (st.gate is None or st.gate.passed)
+    )
+
+
+def _upstream_problem(dep: TrainingStage) -> str | None:
+    st = dep.status
+    if st is None or st.observed_generation != dep.metadata.get("generation"):
+        return None
+    name = dep.metadata["name"]
+    if st.phase == "Failed" and st.gate is not None and not st.gate.passed:
+        return f"dependency {name} failed its quality gate: {st.gate.message}"
+    if st.phase in ("Failed", "Invalid"):
+        why = next((c.message for c in st.conditions if c.type == "Stalled" and c.message), st.phase.lower())
+        return f"dependency {name} failed: {why}"
+    if st.phase == "Blocked":
+        return f"dependency {name} is blocked"
+    return None
+
+
+def evaluate_gate(stage: TrainingStage, metrics: Mapping[str, float]) -> GateResult | None:
+    gate = stage.spec.quality_gate
+    if gate is None:
+        return None
+    value = metrics.get(gate.metric)
+    if value is None:
+        return GateResult(passed=False, message=f"results report no metric {gate.metric}")
+    ops = {">": value > gate.threshold, ">=": value >= gate.threshold, "<": value < gate.threshold, "<=": value <= gate.threshold}
+    passed = ops[gate.comparison]
+    return GateResult(passed=passed, value=value, message=f"{gate.metric} = {value:.6g}, needs {gate.comparison} {gate.threshold:g}")
+
+
+def _progress(progress: Mapping[str, Any] | None) -> Progress | None:
+    if not progress:
+        return None
+    step, total = int(progress.get("step", 0)), int(progress.get("totalSteps", 0))
+    eta = progress.get("etaSeconds")
+    return Progress(
+        step=step, total_steps=total, percent=min(100, int(100 * step / total)) if total else 0,
+        eta_seconds=int(eta) if eta is not None else None, text=f"{step}/{total}" if total else str(step),
+    )
+
+
+def plan_stage(o: Observed) -> Plan:
+    stage, now = o.stage, o.now
+    name, generation = stage.metadata["name"], stage.metadata.get("generation")
+    previous = stage.status or TrainingStageStatus()
+    status = previous.model_copy(deep=True)
+    status.observed_generation = generation
+    plan = Plan(status=status)
+
+    def finish(phase: str, reason: str, message: str) -> Plan:
+        status.phase = phase
+        status.conditions = conditions_for(phase, reason, message, generation, now, previous.conditions)
+        plan.reason, plan.message = reason, message
+        if previous.phase != phase:
+            warn = phase in ("Failed", "Invalid", "Blocked")
+            plan.events.append(Event("Warning" if warn else "Normal", reason, message))
+        return plan
+
+    if o.problems:
+        return finish("Invalid", "InvalidReference", "; ".join(o.problems))
+    if o.pipeline is None:
+        return finish("Blocked", "PipelineNotFound", f"spec.pipeline: TrainingPipeline {stage.spec.pipeline!r} not found in namespace {stage.metadata.get('namespace')}; create it")
+    missing = [d for d in stage.spec.depends_on if d not in o.siblings]
+    if missing:
+        return finish("Blocked", "DependencyNotFound", f"spec.dependsOn: no stage {', '.join(missing)} in pipeline {stage.spec.pipeline}")
+    if cycle := on_cycle(name, o.siblings):
+        return finish("Blocked", "DependencyCycle", f"spec.dependsOn: dependency cycle {' -> '.join(cycle)}")
+
+    keys = cache_keys(o.siblings, o.pipeline.spec.image)
+    key = keys.get(name)
+    if key is None:
+        return finish("Blocked", "DependencyCycle", "spec.dependsOn: an upstream stage lies on a dependency cycle")
+
+    if status.cache_key != key:  # new content: a fresh run, and any job of the old one is obsolete
+        if status.job_name and o.job is not None and job_state(o.job) in (JobState.RUNNING, JobState.PENDING, JobState.SUSPENDED):
+            plan.actions.append(DeleteJob(status.job_name, "the stage's spec changed"))
+        status.cache_key, status.job_name, status.retries = key, None, 0
+        status.metrics, status.outputs, status.gate, status.progress = {}, {}, None, None
+        status.checkpoint_uri, status.next_retry_time, status.completion_time = None, None, None
+        job: dict[str, Any] | None = None
+    else:
+        job = o.job if status.job_name else None
+
+    # A finished run under this key: the trainer's results are the record, whatever became of the job.
+    if o.results is not None and (job is None or job_state(job) in (JobState.SUCCEEDED, JobState.FAILED)):
+        status.metrics = {k: float(v) for k, v in (o.results.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        status.outputs = dict(o.results.get("outputs") or {})
+        status.gate = evaluate_gate(stage, status.metrics)
+        status.completion_time = status.completion_time or now
+        status.next_retry_time = None
+        if status.progress is not None:
+            status.progress = status.progress.model_copy(update={"step": status.progress.total_steps, "percent": 100, "eta_seconds": 0, "text": f"{status.progress.total_steps}/{status.progress.total_steps}"})
+        if status.gate is not None and not status.gate.passed:
+            return finish("Failed", "QualityGateFailed", f"spec.qualityGate: {status.gate.message}")
+        if status.job_name is None:
+            return finish("Cached", "CacheHit", f"outputs for cache key {key} already exist")
+        return finish("Succeeded", "JobSucceeded", f"job {status.job_name} succeeded")
+
+    deps = [o.siblings[d] for d in stage.spec.depends_on]
+    for dep in deps:
+        if problem := _upstream_problem(dep):
+            return finish("Blocked", "DependencyFailed", problem)
+    waiting = [d.metadata["name"] for d in deps if not is_done(d, keys.get(d.metadata["name"]))]
+    if waiting and job is None:
+        return finish("Pending", "WaitingForDependencies", f"waiting for {', '.join(waiting)}")
+
+    suspended = stage.spec.suspend or o.pipeline.spec.suspend
+    kueue = bool(stage.spec.queue_name or o.pipeline.spec.queue_name)
+
+    if job is not None:
+        state = job_state(job)
+        if state is JobState.SUCCEEDED:  # succeeded, but no results.json under the key
+            state, failure = JobState.FAILED, f"job {status.job_name} succeeded but wrote no results.json"
+        else:
+            failure = f"job {status.job_name} failed: {job_message(job)}"
+        if state is JobState.FAILED:
+            if previous.phase not in ("Retrying", "Failed") or previous.job_name != status.job_name:
+                status.retries += 1
+                status.next_retry_time = now + timedelta(seconds=backoff_seconds(stage.spec.retry_backoff_seconds, status.retries))
+            if status.retries > stage.spec.retry_limit:
+                status.completion_time = status.completion_time or now
+                status.next_retry_time = None
+                return finish("Failed", "RetryLimitExceeded", f"{failure}; retry limit {stage.spec.retry_limit} reached (spec.retryLimit)")
+            if suspended:
+                return finish("Suspended", "Suspended", "suspended before the next attempt")
+            if status.next_retry_time and now < status.next_retry_time:
+                plan.requeue_after = (status.next_retry_time - now).total_seconds()
+                return finish("Retrying", "BackingOff", f"{failure}; attempt {status.attempt + 1} starts at {status.next_retry_time.isoformat()}")
+            job = None  # back-off over: start the next attempt below
+        elif suspended:
+            if kueue:  # Kueue owns runPolicy.suspend; stop the attempt instead and resume later from its checkpoint
+                plan.actions.append(DeleteJob(status.job_name, "suspended while managed by Kueue"))
+                status.job_name = None
+            elif not job_suspend_flag(job):
+                plan.actions.append(SetJobSuspended(status.job_name, True))
+            return finish("Suspended", "Suspended", "suspended by spec.suspend")
+        else:
+            if not kueue and job_suspend_flag(job):
+                plan.actions.append(SetJobSuspended(status.job_name, False))
+            status.progress = _progress(o.progress) or status.progress
+            status.checkpoint_uri = (o.progress or {}).get("checkpointUri", status.checkpoint_uri)
+            if state is JobState.PENDING and kueue:
+                return finish("Running", "WaitingForAdmission", f"job {status.job_name} is waiting for Kueue admission")
+            return finish("Running", "JobRunning", f"job {status.job_name} is {state.value.lower()}")
+
+    if suspended:
+        return finish("Suspended", "Suspended", "suspended by spec.suspend" if stage.spec.suspend else "suspended by the pipeline's spec.suspend")
+
+    # Start the next attempt.
+    status.attempt += 1
+    status.job_name = job_name(name, status.attempt)
+    status.start_time = status.start_time or now
+    status.next_retry_time = None
+    status.progress = None
+    upstream = {d.metadata["name"]: Upstream(d.spec.type, dict(d.status.outputs)) for d in deps}
+    if lost := missing_outputs(stage, upstream):
+        return finish("Blocked", "MissingUpstreamOutput", f"spec.inputs: upstream results have no output {', '.join(lost)}")
+    resolved = render_stage_spec(stage, o.pipeline, key=key, attempt=status.attempt, upstream=upstream)
+    configmap = render_configmap(stage, resolved, child_labels(stage, status.attempt, key))
+    pj = render_pytorchjob(stage, o.pipeline, key=key, attempt=status.attempt, configmap=configmap["metadata"]["name"], suspend=kueue)
+    plan.actions.append(CreateJob(pj, configmap))
+    what = "retry" if status.retries else "run"
+    return finish("Running", "JobCreated", f"created job {status.job_name} ({what}, attempt {status.attempt})")
+
+
+def job_message(job: Mapping[str, Any]) -> str:
+    for c in reversed((job.get("status") or {}).get("conditions") or []):
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return c.get("message") or c.get("reason") or "failed"
+    return "failed"
+
+
+def job_suspend_flag(job: Mapping[str, Any]) -> bool:
+    return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+
+
+__all__ = ["Observed", "Plan", "CreateJob", "SetJobSuspended", "DeleteJob", "Event", "plan_stage", "is_done", "KUEUE_QUEUE_LABEL"]

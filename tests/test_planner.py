@@ -1,0 +1,204 @@
+"""The planner's decisions, as pure functions of the observed world."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from gradatim.api import TrainingPipeline, TrainingStage
+from gradatim.planner.graph import cache_keys, downstream, find_cycle, topological_order
+from gradatim.planner.stage import CreateJob, DeleteJob, Observed, SetJobSuspended, plan_stage
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+def pipeline(**spec) -> TrainingPipeline:
+    return TrainingPipeline.model_validate(
+        {"metadata": {"name": "recipe", "namespace": "ml", "uid": "p-uid"},
+         "spec": {"storage": {"bucket": "models", "secretRef": {"name": "s3"}}, **spec}}
+    )
+
+
+def stage(name: str, type_: str = "sft", deps=(), model=None, status=None, generation=1, labels=None, **spec) -> TrainingStage:
+    inputs = {"model": model or {"hf": "org/base"}, "data": [{"uri": "s3://data/train/"}]}
+    if type_ == "eval":
+        inputs = {"model": model or {"hf": "org/base"}, "evalData": [{"builtin": "tiny-math:eval", "name": "math"}]}
+    body = {
+        "metadata": {"name": name, "namespace": "ml", "uid": f"{name}-uid", "generation": generation, "labels": labels or {}},
+        "spec": {"pipeline": "recipe", "type": type_, "dependsOn": list(deps), "inputs": inputs, type_: {}, **spec},
+    }
+    if status:
+        body["status"] = status
+    return TrainingStage.model_validate(body)
+
+
+def observe(st, pipe=None, siblings=(), job=None, results=None, progress=None, now=NOW) -> Observed:
+    sibs = {s.metadata["name"]: s for s in (*siblings, st)}
+    return Observed(stage=st, pipeline=pipe or pipeline(), siblings=sibs, job=job, results=results, progress=progress, now=now)
+
+
+def key_of(name, *stages, pipe=None):
+    return cache_keys({s.metadata["name"]: s for s in stages}, (pipe or pipeline()).spec.image)[name]
+
+
+def done(st: TrainingStage, *others, outputs=None, phase="Succeeded") -> TrainingStage:
+    key = key_of(st.metadata["name"], st, *others)
+    status = {"phase": phase, "cacheKey": key, "observedGeneration": 1, "outputs": outputs or {"model": f"s3://models/ml/recipe/{st.metadata['name']}/{key}/model/"}}
+    return TrainingStage.model_validate(st.model_dump(by_alias=True) | {"status": status})
+
+
+def job(name, *conditions, suspend=False):
+    return {"metadata": {"name": name}, "spec": {"runPolicy": {"suspend": suspend}},
+            "status": {"conditions": [{"type": t, "status": "True", "message": m} for t, m in conditions]}}
+
+
+def test_a_stage_without_dependencies_starts_its_first_attempt():
+    plan = plan_stage(observe(stage("sft")))
+    assert plan.status.phase == "Running" and plan.status.attempt == 1 and plan.status.job_name == "sft-a1"
+    [create] = plan.actions
+    assert isinstance(create, CreateJob) and create.job["metadata"]["name"] == "sft-a1"
+    assert {c.type: c.status for c in plan.status.conditions} == {"Ready": "False", "Reconciling": "True", "Stalled": "False", "Succeeded": "Unknown"}
+    assert plan.events[0].reason == "JobCreated"
+
+
+def test_waits_for_dependencies_then_resolves_their_outputs():
+    mid = stage("midtrain", "midtrain")
+    sft = stage("sft", deps=["midtrain"], model={"fromStage": "midtrain"})
+    waiting = plan_stage(observe(sft, siblings=[mid]))
+    assert waiting.status.phase == "Pending" and not waiting.actions and "midtrain" in waiting.message
+    mid_done = done(mid, sft)
+    plan = plan_stage(observe(sft, siblings=[mid_done]))
+    [create] = plan.actions
+    import json
+    resolved = json.loads(create.configmap["data"]["stage.json"])
+    assert resolved["inputs"]["model"]["uri"] == mid_done.status.outputs["model"]
+    assert resolved["output"]["uri"] == f"s3://models/ml/recipe/sft/{plan.status.cache_key}/"
+
+
+def test_success_records_results_and_cached_needs_no_job():
+    st = stage("sft")
+    running = plan_stage(observe(st)).status
+    st = TrainingStage.model_validate(st.model_dump(by_alias=True) | {"status": running.model_dump(by_alias=True)})
+    results = {"metrics": {"train_loss": 0.5}, "outputs": {"model": "s3://models/x/model/"}}
+    plan = plan_stage(observe(st, job=job("sft-a1", ("Succeeded", "")), results=results))
+    assert plan.status.phase == "Succeeded" and plan.status.metrics == {"train_loss": 0.5} and not plan.actions
+    assert {c.type: c.status for c in plan.status.conditions}["Ready"] == "True"
+    cached = plan_stage(observe(stage("sft"), results=results))
+    assert cached.status.phase == "Cached" and not cached.actions and cached.status.attempt == 0
+
+
+def _with_status(st, status):
+    return TrainingStage.model_validate(st.model_dump(by_alias=True) | {"status": status.model_dump(by_alias=True)})
+
+
+def test_failure_backs_off_retries_and_stops_at_the_limit():
+    st = stage("sft", retryLimit=1, retryBackoffSeconds=10)
+    st = _with_status(st, plan_stage(observe(st)).status)
+    failed = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled"))))
+    assert failed.status.phase == "Retrying" and failed.status.retries == 1 and failed.requeue_after == 10
+    assert "OOMKilled" in failed.message
+    st = _with_status(st, failed.status)
+    again = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled")), now=NOW + timedelta(seconds=5)))
+    assert again.status.phase == "Retrying" and again.status.retries == 1, "one failure is counted once"
+    due = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled")), now=NOW + timedelta(seconds=11)))
+    assert due.status.job_name == "sft-a2" and isinstance(due.actions[0], CreateJob)
+    st = _with_status(st, due.status)
+    final = plan_stage(observe(st, job=job("sft-a2", ("Failed", "NaN loss")), now=NOW + timedelta(seconds=60)))
+    assert final.status.phase == "Failed" and "retry limit 1" in final.message
+    assert {c.type: c.status for c in final.status.conditions}["Stalled"] == "True"
+
+
+def test_failed_upstream_and_failed_gate_block_downstream_with_the_reason():
+    mid = stage("midtrain", "midtrain")
+    failed = TrainingStage.model_validate(mid.model_dump(by_alias=True) | {"status": {"phase": "Failed", "observedGeneration": 1, "conditions": [
+        {"type": "Stalled", "status": "True", "reason": "RetryLimitExceeded", "message": "job midtrain-a3 failed: OOM", "lastTransitionTime": NOW.isoformat()}]}})
+    sft = stage("sft", deps=["midtrain"], model={"fromStage": "midtrain"})
+    plan = plan_stage(observe(sft, siblings=[failed]))
+    assert plan.status.phase == "Blocked" and "midtrain failed: job midtrain-a3 failed: OOM" in plan.message
+    ev = stage("eval", "eval", deps=["sft"], model={"fromStage": "sft"})
+    blocked_sft = _with_status(sft, plan.status)
+    assert "sft is blocked" in plan_stage(observe(ev, siblings=[failed, blocked_sft])).message
+
+    gated = stage("gated", "eval", qualityGate={"metric": "pass@1", "threshold": 0.9})
+    gated = _with_status(gated, plan_stage(observe(gated)).status)
+    plan = plan_stage(observe(gated, job=job("gated-a1", ("Succeeded", "")), results={"metrics": {"pass@1": 0.4}, "outputs": {}}))
+    assert plan.status.phase == "Failed" and plan.status.gate.passed is False and "pass@1 = 0.4" in plan.message
+    after = stage("after", deps=["gated"])
+    assert "failed its quality gate" in plan_stage(observe(after, siblings=[_with_status(gated, plan.status)])).message
+
+
+def test_cycles_and_missing_dependencies_are_reported():
+    a, b = stage("a", deps=["b"]), stage("b", deps=["a"])
+    plan = plan_stage(observe(a, siblings=[b]))
+    assert plan.status.phase == "Blocked" and plan.reason == "DependencyCycle" and "a -> b -> a" in plan.message
+    assert find_cycle({"a": a, "b": b}) is not None
+    missing = plan_stage(observe(stage("c", deps=["ghost"])))
+    assert missing.reason == "DependencyNotFound" and "ghost" in missing.message
+    assert plan_stage(Observed(stage("d"), None, {}, None, None, None, NOW)).reason == "PipelineNotFound"
+
+
+def test_editing_a_stage_changes_its_key_and_every_key_downstream_only():
+    a = stage("a", "midtrain")
+    b = stage("b", deps=["a"], model={"fromStage": "a"})
+    c = stage("c", "eval", deps=["b"], model={"fromStage": "b"})
+    side = stage("side", "midtrain")
+    before = cache_keys({s.metadata["name"]: s for s in (a, b, c, side)}, "img")
+    b2 = stage("b", deps=["a"], model={"fromStage": "a"}, sft={"learningRate": 2e-5})
+    after = cache_keys({s.metadata["name"]: s for s in (a, b2, c, side)}, "img")
+    assert before["a"] == after["a"] and before["side"] == after["side"]
+    assert before["b"] != after["b"] and before["c"] != after["c"]
+    assert downstream("a", {"a": a, "b": b, "c": c}) == {"b", "c"}
+    assert topological_order({"c": c, "b": b, "a": a}) == ["a", "b", "c"]
+    # Resources, retries and suspend do not change what a stage produces.
+    assert cache_keys({"a": stage("a", "midtrain", resources={"nodes": 4}, retryLimit=9, suspend=True)}, "img")["a"] == before["a"]
+
+
+def test_an_edit_deletes_the_obsolete_running_job_and_starts_over():
+    st = stage("sft")
+    st = _with_status(st, plan_stage(observe(st)).status)
+    edited = TrainingStage.model_validate(st.model_dump(by_alias=True) | {"spec": st.spec.model_dump(by_alias=True) | {"seed": 5}})
+    plan = plan_stage(observe(edited, job=job("sft-a1", ("Running", ""))))
+    assert isinstance(plan.actions[0], DeleteJob) and plan.actions[0].name == "sft-a1"
+    assert isinstance(plan.actions[1], CreateJob) and plan.status.job_name == "sft-a2"
+
+
+def test_suspend_pauses_the_job_and_kueue_jobs_are_stopped_not_unsuspended():
+    st = stage("sft")
+    st = _with_status(st, plan_stage(observe(st)).status)
+    paused = TrainingStage.model_validate(st.model_dump(by_alias=True) | {"spec": st.spec.model_dump(by_alias=True) | {"suspend": True}})
+    plan = plan_stage(observe(paused, job=job("sft-a1", ("Running", ""))))
+    assert plan.status.phase == "Suspended" and plan.actions == [SetJobSuspended("sft-a1", True)]
+    resumed = plan_stage(observe(st, job=job("sft-a1", ("Suspended", ""), suspend=True)))
+    assert resumed.actions == [SetJobSuspended("sft-a1", False)]
+    kueue = pipeline(queueName="team-a", suspend=True)
+    plan = plan_stage(observe(st, pipe=kueue, job=job("sft-a1", ("Running", ""))))
+    assert isinstance(plan.actions[0], DeleteJob) and plan.status.phase == "Suspended"
+    # Kueue admits by flipping runPolicy.suspend; a suspended Kueue job is left alone.
+    waiting = plan_stage(observe(st, pipe=pipeline(queueName="team-a"), job=job("sft-a1", suspend=True)))
+    assert waiting.actions == [] and waiting.reason == "WaitingForAdmission"
+
+
+def test_rendered_pytorchjob_has_the_shape_kubeflow_expects():
+    pipe = pipeline(queueName="team-a", priorityClassName="high", resources={"nodes": 4, "gpusPerNode": 8, "shmSize": "64Gi"})
+    st = stage("sft", labels={"app.kubernetes.io/instance": "argo-app"}, env=[{"name": "NCCL_DEBUG", "value": "INFO"}])
+    [create] = plan_stage(observe(st, pipe=pipe)).actions
+    pj = create.job
+    assert pj["apiVersion"] == "kubeflow.org/v1" and pj["kind"] == "PyTorchJob"
+    assert pj["metadata"]["ownerReferences"][0]["uid"] == "sft-uid" and pj["metadata"]["ownerReferences"][0]["controller"]
+    labels = pj["metadata"]["labels"]
+    assert "app.kubernetes.io/instance" not in labels and labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert labels["gradatim.io/stage"] == "sft" and labels["gradatim.io/attempt"] == "1"
+    spec = pj["spec"]
+    assert spec["nprocPerNode"] == "8" and spec["runPolicy"]["suspend"] is True  # Kueue admits it
+    assert spec["runPolicy"]["schedulingPolicy"] == {"priorityClass": "high"}
+    master, worker = spec["pytorchReplicaSpecs"]["Master"], spec["pytorchReplicaSpecs"]["Worker"]
+    assert master["replicas"] == 1 and worker["replicas"] == 3
+    container = worker["template"]["spec"]["containers"][0]
+    assert container["name"] == "pytorch" and container["command"][:3] == ["torchrun", "-m", "gradatim.trainer"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["NCCL_DEBUG"]["value"] == "INFO"
+    shm = next(v for v in worker["template"]["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    single = plan_stage(observe(stage("one"), pipe=pipeline(resources={"nodes": 1, "gpusPerNode": 0}))).actions[0].job
+    assert "Worker" not in single["spec"]["pytorchReplicaSpecs"] and single["spec"]["nprocPerNode"] == "1"
