@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--state-dir", default=None, help="control plane state (default: ~/.gradatim/cluster)")
     quick.set_defaults(func=_quickstart)
 
+    from gradatim.local.jobrunner import add_jobrunner_command
+    from gradatim.operator.run import add_operator_command
+
+    add_operator_command(sub)
+    add_jobrunner_command(sub)
+
     crds = sub.add_parser("crds", help="write the CRD YAML generated from gradatim/api")
     crds.add_argument("--out", type=Path, default=None, help="directory (default: the repo's crds/)")
     crds.set_defaults(func=_crds)

@@ -76,7 +76,7 @@ def pipeline(case: str, spec: dict[str, Any], field: str, allowed: str) -> BadSp
 
 
 BAD_SPECS: list[BadSpec] = [
-    stage("name too long for child objects", {}, "metadata.name", "must have at most 46", metadata={"name": "s" * 47}),
+    stage("name too long for child objects", {}, "metadata.name", "may not be more than 46", metadata={"name": "s" * 47}),
     stage("name not a DNS-1035 label", {}, "metadata.name", "should match", metadata={"name": "1st-stage"}),
     stage("unknown type", {"type": "ppo"}, "spec.type", 'supported values: "generate"'),
     stage("missing pipeline", {"pipeline": DELETE}, "spec.pipeline", "Required value"),
@@ -87,7 +87,7 @@ BAD_SPECS: list[BadSpec] = [
     stage("depends on itself", {"dependsOn": ["midtrain", "sft"]}, "spec.dependsOn", "cannot depend on itself"),
     stage("dependsOn duplicate", {"dependsOn": ["midtrain", "midtrain"]}, "spec.dependsOn[1]", "Duplicate value"),
     stage("model with two sources", {"inputs": {"model": {"hf": "org/model", "fromStage": "midtrain"}}}, "spec.inputs.model", "set exactly one of hf, uri, fromStage or builtin"),
-    stage("model with no source", {"inputs": {"model": {"output": "model"}}}, "spec.inputs.model", "set exactly one of"),
+    stage("model with no source", {"inputs": {"model": {"fromStage": DELETE}}}, "spec.inputs.model", "set exactly one of"),
     stage("uri not s3 or absolute", {"inputs": {"data": [{"uri": "http://example.com/data"}]}}, "spec.inputs.data[0].uri", "should match"),
     stage("fromStage not in dependsOn", {"dependsOn": [], "inputs": {"model": {"hf": "org/model"}, "data": [{"fromStage": "generate"}]}}, "spec.inputs.data", "must name a stage that is listed in dependsOn"),
     stage("model fromStage not in dependsOn", {"dependsOn": ["other"]}, "spec.inputs.model.fromStage", "listed in dependsOn"),

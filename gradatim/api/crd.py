@@ -46,7 +46,10 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if "$ref" in node:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
         merged = _resolve(target, defs)
-        merged.update({k: _resolve(v, defs) for k, v in node.items()})  # the field's own description wins
+        own = {k: _resolve(v, defs) for k, v in node.items()}
+        if own.get("description") and merged.get("description") and own["description"] != merged["description"]:
+            own["description"] = f"{own['description']} {merged['description']}"  # the field's role, then its type's docstring
+        merged.update(own)
         return merged
     if "allOf" in node and len(node["allOf"]) == 1:
         inner = _resolve(node.pop("allOf")[0], defs)
@@ -78,6 +81,8 @@ def _structural(node: Any) -> Any:
                 node.setdefault("pattern", pattern)
         elif len(branches) == 1:
             inner = dict(branches[0])
+            if node.get("description") and inner.get("description") and node["description"] != inner["description"]:
+                node["description"] = f"{node['description']} {inner['description']}"
             _merge_rules(inner, node)
             node.pop("x-kubernetes-validations", None)
             inner.update({k: v for k, v in node.items() if k != "x-kubernetes-validations"})
