@@ -15,15 +15,6 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(args: argparse.Namespace) -> int:
-    from gradatim.cluster.build import default_cache_dir, ensure_binaries
-    from gradatim.cluster.progress import ConsoleProgress
-
-    binaries = ensure_binaries(default_cache_dir(), ConsoleProgress())
-    print(f"Binaries ready in {binaries.kube_apiserver.parent} and {binaries.etcd.parent}")
-    return 0
-
-
 def _quickstart(args: argparse.Namespace) -> int:
     from gradatim.quickstart import run_quickstart
 
@@ -36,10 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gradatim.cluster.cli import add_cluster_commands
 
-    cluster = add_cluster_commands(sub)
-    cluster_commands = next(a for a in cluster._actions if isinstance(a, argparse._SubParsersAction))
-    build = cluster_commands.add_parser("build", help="build (or find cached) Kubernetes and etcd binaries")
-    build.set_defaults(func=_build)
+    add_cluster_commands(sub)
 
     quick = sub.add_parser("quickstart", help="bring up the embedded control plane and apply the example recipe")
     quick.add_argument("--state-dir", default=None, help="control plane state (default: ~/.gradatim/cluster)")

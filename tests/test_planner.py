@@ -202,3 +202,15 @@ def test_rendered_pytorchjob_has_the_shape_kubeflow_expects():
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
     single = plan_stage(observe(stage("one"), pipe=pipeline(resources={"nodes": 1, "gpusPerNode": 0}))).actions[0].job
     assert "Worker" not in single["spec"]["pytorchReplicaSpecs"] and single["spec"]["nprocPerNode"] == "1"
+
+
+def test_pipeline_status_aggregates_its_stages():
+    from gradatim.planner.pipeline import plan_pipeline
+
+    a = done(stage("a", "midtrain"))
+    b = _with_status(stage("b", deps=["a"], model={"fromStage": "a"}), plan_stage(observe(stage("b", deps=["a"], model={"fromStage": "a"}), siblings=[a])).status)
+    c = stage("c", "eval", deps=["b"], model={"fromStage": "b"})
+    status = plan_pipeline(pipeline(), {"a": a, "b": b, "c": c}, NOW)
+    assert status.phase == "Running" and status.progress == "1/3" and status.current_stage == "b"
+    assert [s.name for s in status.stages] == ["a", "b", "c"]
+    assert {c.type: c.status for c in status.conditions}["Reconciling"] == "True"

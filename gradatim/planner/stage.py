@@ -182,8 +182,10 @@ def plan_stage(o: Observed) -> Plan:
         status.gate = evaluate_gate(stage, status.metrics)
         status.completion_time = status.completion_time or now
         status.next_retry_time = None
-        if status.progress is not None:
-            status.progress = status.progress.model_copy(update={"step": status.progress.total_steps, "percent": 100, "eta_seconds": 0, "text": f"{status.progress.total_steps}/{status.progress.total_steps}"})
+        last = _progress(o.progress) or status.progress
+        if last is not None:
+            total = last.total_steps or last.step
+            status.progress = Progress(step=total, total_steps=total, percent=100, eta_seconds=0, text=f"{total}/{total}")
         if status.gate is not None and not status.gate.passed:
             return finish("Failed", "QualityGateFailed", f"spec.qualityGate: {status.gate.message}")
         if status.job_name is None:

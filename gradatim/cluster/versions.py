@@ -1,0 +1,22 @@
+"""Pinned versions of everything the embedded control plane builds or reads.
+
+One place to bump. Binaries are built from Go modules (only the Go module proxy
+is reachable), so each pin is a module version.
+"""
+
+KUBERNETES_VERSION = "v1.34.4"
+"""k8s.io/kubernetes; kube-apiserver, kube-controller-manager and kubectl come from it."""
+
+KUBERNETES_STAGING_VERSION = "v0.34.4"
+"""The k8s.io/* staging modules (client-go, apimachinery, ...) released with KUBERNETES_VERSION."""
+
+ETCD_VERSION = "v3.6.5"
+"""go.etcd.io/etcd/server/v3; its root package is the etcd main."""
+
+TRAINING_OPERATOR_VERSION = "v1.9.3"
+"""github.com/kubeflow/training-operator; only its PyTorchJob CRD is used."""
+
+KUBERNETES_MODULE = "k8s.io/kubernetes"
+ETCD_MODULE = "go.etcd.io/etcd/server/v3"
+TRAINING_OPERATOR_MODULE = "github.com/kubeflow/training-operator"
+PYTORCHJOB_CRD_PATH = "manifests/base/crds/kubeflow.org_pytorchjobs.yaml"

@@ -1,0 +1,5 @@
+import sys
+
+from gradatim.operator.run import main
+
+sys.exit(main())

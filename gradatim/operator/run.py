@@ -1,0 +1,38 @@
+"""`gradatim operator`: run the kopf operator in this process, with a liveness endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import kopf
+
+
+def add_operator_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
+    parser.add_argument("-n", "--namespace", action="append", default=None, help="watch only these namespaces (default: all)")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL ('' to disable)")
+    parser.add_argument("--verbose", action="store_true")
+    parser.set_defaults(func=lambda args: run(args.namespace, args.liveness, args.verbose))
+
+
+def run(namespaces: list[str] | None, liveness: str, verbose: bool = False) -> int:
+    import gradatim.operator  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(verbose=verbose)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces, namespaces=namespaces or [], liveness_endpoint=liveness or None, standalone=True,
+        )
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m gradatim.operator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_operator_command(sub)
+    args = parser.parse_args(["operator", *__import__("sys").argv[1:]])
+    return args.func(args)

@@ -1,0 +1,67 @@
+"""S3 access shared by the operator and the trainer: `s3://bucket/key` URIs, credentials from the environment
+or a Secret's data, retries with backoff (botocore's standard mode)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+RETRIES = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"})
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {uri!r}")
+        bucket, _, key = uri[5:].partition("/")
+        if not bucket:
+            raise ValueError(f"no bucket in {uri!r}")
+        return cls(bucket, key)
+
+    def join(self, name: str) -> S3Location:
+        return S3Location(self.bucket, self.key.rstrip("/") + "/" + name if self.key else name)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def client(endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None, region: str | None = None) -> Any:
+    """A boto3 S3 client; arguments left out come from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)."""
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint or None, aws_access_key_id=access_key or None,
+        aws_secret_access_key=secret_key or None, region_name=region or None, config=RETRIES,
+    )
+
+
+def client_from_secret(data: Mapping[str, str], access_key_field: str, secret_key_field: str, endpoint: str | None, region: str) -> Any:
+    """A client with the credentials a pipeline's Secret holds (decoded `data`)."""
+    return client(endpoint or data.get("AWS_ENDPOINT_URL"), data.get(access_key_field), data.get(secret_key_field), region)
+
+
+def read_json(s3: Any, uri: str) -> dict[str, Any] | None:
+    """The JSON object at `uri`, or None when there is none."""
+    loc = S3Location.parse(uri)
+    try:
+        body = s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    return json.loads(body)
+
+
+def write_json(s3: Any, uri: str, obj: Any) -> None:
+    loc = S3Location.parse(uri)
+    s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=json.dumps(obj, indent=2, sort_keys=True).encode(), ContentType="application/json")

@@ -1,0 +1,51 @@
+"""Shared fixtures: one real control plane for the whole test session.
+
+`cluster` starts it with the same code as `gradatim cluster up`, in a temp state dir,
+and stops it at the end. To keep one running between test runs, start it yourself
+(`python -m gradatim.cluster up --state-dir DIR`) and set GRADATIM_TEST_CLUSTER_STATE=DIR;
+a healthy cluster there is reused and left running.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator
+
+import pytest
+from kubernetes import client, config
+
+from gradatim.cluster import ClusterInfo, ControlPlane
+from gradatim.cluster.progress import PlainProgress
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
+    reused_state = os.environ.get("GRADATIM_TEST_CLUSTER_STATE")
+    if reused_state and ControlPlane(reused_state).is_running():
+        yield ControlPlane(reused_state).info()
+        return
+    control_plane = ControlPlane(tmp_path_factory.mktemp("cluster"))
+    info = control_plane.up(PlainProgress())
+    try:
+        yield info
+    finally:
+        control_plane.down(PlainProgress())
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: ClusterInfo) -> Iterator[client.ApiClient]:
+    """An admin (system:masters) API client for the test cluster."""
+    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (the namespace controller empties it)."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(kube)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)

@@ -1,0 +1,153 @@
+"""Runs the operator and the local job runner as real processes against the test cluster, and helps tests
+apply stages and wait on their status. The trainer inside the jobs is tests/stand_in_trainer.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from gradatim.api import GROUP, VERSION
+
+REPO = Path(__file__).resolve().parents[1]
+STAND_IN_IMAGE = "gradatim/stand-in-trainer:test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Process:
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Harness:
+    cluster: Any
+    kube: client.ApiClient
+    namespace: str
+    workdir: Path
+    operator: Process = field(init=False)
+    runner: Process = field(init=False)
+    metrics_port: int = field(default_factory=free_port)
+    liveness_port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONPATH": str(REPO)}
+        self.operator = Process(
+            [sys.executable, "-m", "gradatim", "operator", "-n", self.namespace, "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+            {**env, "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5"},
+            self.workdir / "operator.log",
+        )
+        self.runner = Process(
+            [sys.executable, "-m", "gradatim", "jobrunner", "-n", self.namespace, "--workdir", str(self.workdir / "jobs"),
+             "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer"],
+            env, self.workdir / "jobrunner.log",
+        )
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.kube)
+
+    def start(self) -> None:
+        self.runner.start()
+        self.operator.start()
+
+    def stop(self) -> None:
+        self.operator.stop()
+        self.runner.stop()
+
+    def operator_log(self) -> str:
+        return self.operator.log.read_text(errors="replace")[-6000:]
+
+    # -- objects ---------------------------------------------------------------------------------------
+
+    def s3_secret(self, name: str = "s3") -> None:
+        data = {"AWS_ACCESS_KEY_ID": self.cluster.s3_access_key, "AWS_SECRET_ACCESS_KEY": self.cluster.s3_secret_key,
+                "AWS_ENDPOINT_URL": self.cluster.s3_endpoint}
+        client.CoreV1Api(self.kube).create_namespaced_secret(self.namespace, {"metadata": {"name": name}, "stringData": data})
+
+    def pipeline(self, name: str, secret: str = "s3", **spec: Any) -> dict[str, Any]:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingPipeline", "metadata": {"name": name},
+                "spec": {"image": STAND_IN_IMAGE, "storage": {"bucket": self.cluster.s3_bucket, "secretRef": {"name": secret}},
+                         "resources": {"nodes": 1, "gpusPerNode": 0, "cpu": "1", "memory": "1Gi", "shmSize": "64Mi"}, **spec}}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "trainingpipelines", body)
+
+    def stage(self, name: str, pipeline: str, type_: str = "sft", deps: tuple[str, ...] = (), model: dict | None = None,
+              env: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"model": model or {"builtin": "tiny-model"}, "data": [{"builtin": "tiny-math:train"}]}
+        if type_ == "eval":
+            inputs = {"model": model or {"builtin": "tiny-model"}, "evalData": [{"builtin": "tiny-math:eval", "name": "math"}]}
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingStage", "metadata": {"name": name},
+                "spec": {"pipeline": pipeline, "type": type_, "dependsOn": list(deps), "inputs": inputs, type_: {},
+                         "retryBackoffSeconds": 1, "env": [{"name": k, "value": v} for k, v in (env or {}).items()], **spec}}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "trainingstages", body)
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)
+
+    def patch_stage(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, "trainingstages", name, {"spec": spec})
+
+    def jobs(self, stage: str | None = None) -> list[dict[str, Any]]:
+        selector = f"gradatim.io/stage={stage}" if stage else "app.kubernetes.io/managed-by=gradatim"
+        return self.custom.list_namespaced_custom_object("kubeflow.org", "v1", self.namespace, "pytorchjobs", label_selector=selector)["items"]
+
+    def events(self, name: str) -> list[Any]:
+        return [e for e in client.CoreV1Api(self.kube).list_namespaced_event(self.namespace).items if e.involved_object.name == name]
+
+    def wait(self, plural: str, name: str, done: Callable[[dict[str, Any]], bool], timeout: float = 120, what: str = "") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                obj = self.get(plural, name)
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+            if obj and done(obj):
+                return obj
+            time.sleep(0.3)
+        raise AssertionError(f"{plural}/{name} never became {what}: status={json.dumps(obj.get('status'), indent=1)[:3000]}\n--- operator log ---\n{self.operator_log()}")
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 120) -> dict[str, Any]:
+        return self.wait("trainingstages", name, lambda o: (o.get("status") or {}).get("phase") in phases
+                         and o["status"].get("observedGeneration") == o["metadata"]["generation"], timeout, "/".join(phases))
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()

@@ -1,0 +1,207 @@
+"""The operator and the local job runner, as real processes, on the real API server and SeaweedFS.
+Jobs run tests/stand_in_trainer.py (named as such), a stand-in for gradatim.trainer."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.request
+import uuid
+
+import pytest
+from kubernetes import client
+
+from gradatim import s3
+from tests.operator_harness import Harness
+
+
+@pytest.fixture(scope="module")
+def h(cluster, kube, tmp_path_factory):
+    ns = f"op-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
+    harness = Harness(cluster, kube, ns, tmp_path_factory.mktemp("operator"))
+    harness.s3_secret()
+    harness.start()
+    yield harness
+    harness.stop()
+    client.CoreV1Api(kube).delete_namespace(ns)
+
+
+def s3_client(cluster):
+    return s3.client(cluster.s3_endpoint, cluster.s3_access_key, cluster.s3_secret_key, cluster.s3_region)
+
+
+def test_four_stage_pipeline_runs_to_the_end_handing_outputs_over_s3(h, cluster):
+    h.pipeline("four")
+    h.stage("gen", "four", "generate", generate={"samplesPerPrompt": 2})
+    h.stage("mid", "four", "midtrain", deps=("gen",), inputs={"model": {"builtin": "tiny-model"}, "data": [{"fromStage": "gen"}]})
+    h.stage("sft", "four", "sft", deps=("mid", "gen"), inputs={"model": {"fromStage": "mid"}, "data": [{"fromStage": "gen", "output": "traces"}]})
+    h.stage("ev", "four", "eval", deps=("sft",), model={"fromStage": "sft"}, env={"STAND_IN_METRICS": '{"pass@1": 0.5}'})
+    pipe = h.wait("trainingpipelines", "four", lambda o: (o.get("status") or {}).get("phase") == "Succeeded", 240, "Succeeded")
+    assert pipe["status"]["progress"] == "4/4" and [s["name"] for s in pipe["status"]["stages"]] == ["gen", "mid", "sft", "ev"]
+    assert {c["type"]: c["status"] for c in pipe["status"]["conditions"]}["Ready"] == "True"
+    sft = h.get("trainingstages", "sft")
+    mid = h.get("trainingstages", "mid")
+    cm = client.CoreV1Api(h.kube).read_namespaced_config_map(f"{sft['status']['jobName']}-spec", h.namespace)
+    resolved = json.loads(cm.data["stage.json"])
+    assert resolved["inputs"]["model"]["uri"] == mid["status"]["outputs"]["model"]
+    assert resolved["output"]["uri"] == f"s3://{cluster.s3_bucket}/{h.namespace}/four/sft/{sft['status']['cacheKey']}/"
+    store = s3_client(cluster)
+    assert s3.read_json(store, resolved["output"]["uri"] + "results.json")["outputs"]["model"].startswith("s3://")
+    ev = h.get("trainingstages", "ev")
+    assert ev["status"]["metrics"]["pass@1"] == 0.5 and ev["status"]["phase"] == "Succeeded"
+    assert ev["status"]["progress"]["text"] == "3/3"
+    reasons = {e.reason for e in h.events("sft")}
+    assert {"JobCreated", "JobSucceeded"} <= reasons, reasons
+    for name in ("gen", "mid", "sft", "ev"):
+        assert len(h.jobs(name)) == 1
+
+
+def test_failure_retries_from_the_checkpoint_then_succeeds(h, cluster):
+    h.pipeline("retry")
+    h.stage("flaky", "retry", env={"STAND_IN_FAIL_ATTEMPTS": "1", "STAND_IN_STEPS": "4"}, retryLimit=2)
+    st = h.wait_phase("flaky", "Succeeded", timeout=120)
+    assert st["status"]["attempt"] == 2 and st["status"]["retries"] == 1
+    results = s3.read_json(s3_client(cluster), f"s3://{cluster.s3_bucket}/{h.namespace}/retry/flaky/{st['status']['cacheKey']}/results.json")
+    assert results["resumedAt"] == 1, "attempt 2 resumed from the checkpoint attempt 1 wrote at step 1"
+    assert sorted(j["metadata"]["name"] for j in h.jobs("flaky")) == ["flaky-a1", "flaky-a2"]
+
+
+def test_retry_limit_fails_the_stage_and_blocks_downstream(h):
+    h.pipeline("doomed")
+    h.stage("broken", "doomed", env={"STAND_IN_FAIL_ATTEMPTS": "99"}, retryLimit=1)
+    h.stage("after", "doomed", "eval", deps=("broken",), model={"fromStage": "broken"})
+    st = h.wait_phase("broken", "Failed", timeout=120)
+    assert st["status"]["attempt"] == 2 and "retry limit 1 reached" in next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
+    after = h.wait_phase("after", "Blocked")
+    stalled = next(c for c in after["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "dependency broken failed" in stalled["message"]
+    assert h.jobs("after") == []
+    pipe = h.wait("trainingpipelines", "doomed", lambda o: (o.get("status") or {}).get("phase") == "Failed", 30, "Failed")
+    assert "broken" in next(c["message"] for c in pipe["status"]["conditions"] if c["type"] == "Stalled")
+
+
+def test_cache_reapply_does_nothing_and_an_edit_reruns_only_downstream(h):
+    h.pipeline("cache")
+    h.stage("c-up", "cache", "midtrain")
+    h.stage("c-mid", "cache", deps=("c-up",), model={"fromStage": "c-up"})
+    h.stage("c-down", "cache", "eval", deps=("c-mid",), model={"fromStage": "c-mid"})
+    for name in ("c-up", "c-mid", "c-down"):
+        h.wait_phase(name, "Succeeded", timeout=120)
+    before = {n: h.get("trainingstages", n)["status"] for n in ("c-up", "c-mid", "c-down")}
+    h.patch_stage("c-mid", {"seed": 0})  # re-apply the same spec: no new generation, no work
+    time.sleep(6)
+    assert {n: h.get("trainingstages", n)["status"]["attempt"] for n in ("c-up", "c-mid", "c-down")} == {"c-up": 1, "c-mid": 1, "c-down": 1}
+    assert len(h.jobs()) >= 3 and all(len(h.jobs(n)) == 1 for n in ("c-up", "c-mid", "c-down"))
+
+    h.patch_stage("c-mid", {"seed": 7})
+    mid = h.wait("trainingstages", "c-mid", lambda o: o["status"].get("observedGeneration") == 2 and o["status"]["phase"] == "Succeeded", 120, "rerun")
+    down = h.wait("trainingstages", "c-down", lambda o: o["status"]["attempt"] == 2 and o["status"]["phase"] == "Succeeded", 120, "rerun")
+    up = h.get("trainingstages", "c-up")
+    assert up["status"]["attempt"] == 1 and up["status"]["cacheKey"] == before["c-up"]["cacheKey"]
+    assert mid["status"]["cacheKey"] != before["c-mid"]["cacheKey"] and down["status"]["cacheKey"] != before["c-down"]["cacheKey"]
+
+    # Back to the old spec: its outputs still exist under the old key, so it is a cache hit, not a run.
+    h.patch_stage("c-mid", {"seed": 0})
+    mid = h.wait("trainingstages", "c-mid", lambda o: o["status"].get("observedGeneration") == 3 and o["status"]["phase"] == "Cached", 60, "Cached")
+    assert mid["status"]["cacheKey"] == before["c-mid"]["cacheKey"] and len(h.jobs("c-mid")) == 2
+    h.wait("trainingstages", "c-down", lambda o: o["status"]["phase"] == "Cached" and o["status"]["cacheKey"] == before["c-down"]["cacheKey"], 60, "Cached")
+
+
+def test_suspend_stops_the_job_and_resume_finishes_it(h):
+    h.pipeline("pause")
+    h.stage("slow", "pause", env={"STAND_IN_STEPS": "40", "STAND_IN_STEP_SECONDS": "0.5"})
+    h.wait_phase("slow", "Running")
+    h.wait("trainingstages", "slow", lambda o: ((o["status"].get("progress") or {}).get("step") or 0) >= 2, 60, "progressing")
+    h.patch_stage("slow", {"suspend": True})
+    h.wait_phase("slow", "Suspended")
+    job = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = h.jobs("slow")[0]
+        if any(c["type"] == "Suspended" and c["status"] == "True" for c in (job.get("status") or {}).get("conditions", [])):
+            break
+        time.sleep(0.3)
+    assert job["spec"]["runPolicy"]["suspend"] is True
+    assert job["status"]["replicaStatuses"]["Master"]["active"] == 0
+    h.patch_stage("slow", {"suspend": False})
+    st = h.wait_phase("slow", "Succeeded", timeout=120)
+    assert st["status"]["attempt"] == 1
+
+
+def test_deleting_a_pipeline_cascades_to_stages_jobs_and_configmaps(h):
+    h.pipeline("gone")
+    h.stage("long", "gone", env={"STAND_IN_STEPS": "100", "STAND_IN_STEP_SECONDS": "0.5"})
+    h.wait_phase("long", "Running")
+    h.wait("trainingstages", "long", lambda o: any(r.get("kind") == "TrainingPipeline" for r in o["metadata"].get("ownerReferences", [])), 30, "owned")
+    assert h.jobs("long")
+    h.custom.delete_namespaced_custom_object("gradatim.io", "v1alpha1", h.namespace, "trainingpipelines", "gone")
+    core = client.CoreV1Api(h.kube)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = (h.jobs("long"), core.list_namespaced_config_map(h.namespace, label_selector="gradatim.io/stage=long").items,
+                h.custom.list_namespaced_custom_object("gradatim.io", "v1alpha1", h.namespace, "trainingstages", field_selector="metadata.name=long")["items"])
+        if not any(left):
+            break
+        time.sleep(0.5)
+    assert not any(left), left
+
+
+def test_failed_gate_blocks_downstream(h):
+    h.pipeline("gated")
+    h.stage("check", "gated", "eval", env={"STAND_IN_METRICS": '{"pass@1": 0.1}'}, qualityGate={"metric": "pass@1", "comparison": ">=", "threshold": 0.5})
+    h.stage("next", "gated", deps=("check",))
+    st = h.wait_phase("check", "Failed")
+    assert st["status"]["gate"]["passed"] is False and st["status"]["gate"]["value"] == 0.1
+    nxt = h.wait_phase("next", "Blocked")
+    assert "check failed its quality gate: pass@1 = 0.1, needs >= 0.5" in next(c["message"] for c in nxt["status"]["conditions"] if c["type"] == "Stalled")
+
+
+def test_a_cycle_is_reported_on_every_stage_on_it(h):
+    h.pipeline("loop")
+    h.stage("a", "loop", deps=("b",))
+    h.stage("b", "loop", deps=("a",))
+    for name in ("a", "b"):
+        st = h.wait_phase(name, "Blocked")
+        assert "dependency cycle" in next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
+    assert h.jobs("a") == [] and h.jobs("b") == []
+
+
+def test_a_missing_secret_stalls_one_pipeline_and_others_keep_running(h):
+    h.pipeline("nosecret", secret="does-not-exist")
+    h.pipeline("fine")
+    h.stage("orphan", "nosecret")
+    h.stage("healthy", "fine")
+    st = h.wait_phase("orphan", "Invalid")
+    message = next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
+    assert "spec.storage.secretRef.name" in message and "does-not-exist" in message
+    h.wait_phase("healthy", "Succeeded")
+    assert any(e.reason == "InvalidReference" for e in h.events("orphan"))
+
+
+def test_operator_survives_sigkill_at_random_points(h):
+    h.pipeline("crashy")
+    chain = ["c1", "c2", "c3", "c4"]
+    for i, name in enumerate(chain):
+        deps = (chain[i - 1],) if i else ()
+        h.stage(name, "crashy", deps=deps, model={"fromStage": chain[i - 1]} if i else None, env={"STAND_IN_STEPS": "3"})
+    rng = random.Random(1234)
+    for _ in range(10):
+        time.sleep(rng.uniform(0.5, 3.0))
+        h.operator.kill()
+        h.operator.start()
+    h.wait("trainingpipelines", "crashy", lambda o: (o.get("status") or {}).get("phase") == "Succeeded", 240, "Succeeded")
+    for name in chain:
+        st = h.get("trainingstages", name)["status"]
+        jobs = sorted(j["metadata"]["name"] for j in h.jobs(name))
+        assert jobs == [f"{name}-a{n}" for n in range(1, st["attempt"] + 1)], (name, jobs, st["attempt"])
+        assert st["phase"] == "Succeeded" and st["attempt"] == 1
+
+
+def test_liveness_and_metrics_endpoints(h):
+    assert urllib.request.urlopen(f"http://127.0.0.1:{h.liveness_port}/healthz", timeout=5).status == 200
+    text = h.metrics()
+    for series in ("gradatim_reconcile_total", "gradatim_job_creations_total", "gradatim_reconcile_duration_seconds_bucket",
+                   "gradatim_dependency_to_job_seconds_count", "gradatim_build_info"):
+        assert series in text, series
