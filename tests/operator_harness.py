@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -71,7 +72,8 @@ class Harness:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONPATH": str(REPO)}
         self.operator = Process(
             [sys.executable, "-m", "gradatim", "operator", "-n", self.namespace, "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
-            {**env, "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5"},
+            {**env, "KUBECONFIG": str(self.operator_kubeconfig()),
+             "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5"},
             self.workdir / "operator.log",
         )
         self.runner = Process(
@@ -79,6 +81,21 @@ class Harness:
              "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer"],
             env, self.workdir / "jobrunner.log",
         )
+
+    def operator_kubeconfig(self) -> Path:
+        """A kubeconfig for the operator's ServiceAccount with the ClusterRole from manifests/operator/rbac.yaml,
+        so every operator test also proves that role is enough."""
+        subprocess.run([str(self.cluster.kubectl), f"--kubeconfig={self.cluster.kubeconfig}", "apply",
+                        "-f", str(REPO / "manifests/operator/namespace.yaml"), "-f", str(REPO / "manifests/operator/rbac.yaml")],
+                       check=True, capture_output=True)
+        token = client.CoreV1Api(self.kube).create_namespaced_service_account_token(
+            "gradatim-operator", "gradatim-system", {"spec": {"expirationSeconds": 7200}}).status.token
+        config = yaml.safe_load(Path(self.cluster.kubeconfig).read_text())
+        for user in config["users"]:
+            user["user"] = {"token": token}
+        path = self.workdir / "operator.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     @property
     def custom(self) -> client.CustomObjectsApi:

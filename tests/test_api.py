@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from gradatim.api import TrainingPipeline, TrainingStage
-from gradatim.api.crd import CRD_DIR, dump, render_crds
+from gradatim.api.crd import CRD_DIR, generated_files, render_crds
 from gradatim.api.hyperparams import PHI4_REASONING_SYSTEM_MESSAGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,11 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_generated_crds_are_fresh():
     """`crds/` is generated from gradatim/api; edit the types and run `make crds`, never the YAML."""
-    rendered = render_crds()
-    on_disk = {p.name for p in CRD_DIR.glob("*.yaml")}
+    rendered = generated_files()
+    on_disk = {p.name for p in CRD_DIR.iterdir()}
     assert on_disk == set(rendered), "crds/ holds files the generator does not write; run `make crds`"
-    for name, obj in rendered.items():
-        assert (CRD_DIR / name).read_text() == dump(obj), f"crds/{name} is stale; run `make crds`"
+    for name, text in rendered.items():
+        assert (CRD_DIR / name).read_text() == text, f"crds/{name} is stale; run `make crds`"
 
 
 def _walk(schema, path="spec", is_field=True):

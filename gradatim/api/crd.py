@@ -224,12 +224,20 @@ def dump(obj: dict[str, Any]) -> str:
     return "# Generated from gradatim/api by `make crds`; do not edit.\n" + yaml.safe_dump(obj, sort_keys=False, width=120)
 
 
+def generated_files() -> dict[str, str]:
+    """Everything in `crds/`: the CRDs and a kustomization listing them, so `kubectl apply -k crds/` works."""
+    crds = render_crds()
+    files = {name: dump(obj) for name, obj in crds.items()}
+    files["kustomization.yaml"] = dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": sorted(crds)})
+    return files
+
+
 def write_crds(directory: Path = CRD_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, obj in render_crds().items():
+    for name, text in generated_files().items():
         path = directory / name
-        path.write_text(dump(obj))
+        path.write_text(text)
         written.append(path)
     return written
 

@@ -17,9 +17,9 @@ def repo_crds_dir() -> Path:
 
 
 def crd_files() -> list[Path]:
-    """Kubeflow's PyTorchJob CRD plus every non-empty `*.yaml` under the repo's `crds/`."""
+    """Kubeflow's PyTorchJob CRD plus every CRD under the repo's `crds/` (not its kustomization)."""
     ours = sorted(repo_crds_dir().rglob("*.yaml")) if repo_crds_dir().is_dir() else []
-    return [pytorchjob_crd_path(), *(path for path in ours if path.read_text().strip())]
+    return [pytorchjob_crd_path(), *(path for path in ours if "kind: CustomResourceDefinition" in path.read_text())]
 
 
 def install_crds(kubectl: Path, kubeconfig: Path, files: list[Path], timeout_seconds: int = 60) -> None:
