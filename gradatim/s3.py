@@ -45,9 +45,16 @@ def client(endpoint: str | None = None, access_key: str | None = None, secret_ke
     )
 
 
+# The operator reads small files between other work: fail fast and say so, rather than stall a worker.
+QUICK = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2, read_timeout=10, s3={"addressing_style": "path"})
+
+
 def client_from_secret(data: Mapping[str, str], access_key_field: str, secret_key_field: str, endpoint: str | None, region: str) -> Any:
-    """A client with the credentials a pipeline's Secret holds (decoded `data`)."""
-    return client(endpoint or data.get("AWS_ENDPOINT_URL"), data.get(access_key_field), data.get(secret_key_field), region)
+    """A quick-failing client with the credentials a pipeline's Secret holds (decoded `data`)."""
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint or data.get("AWS_ENDPOINT_URL") or None, aws_access_key_id=data.get(access_key_field),
+        aws_secret_access_key=data.get(secret_key_field), region_name=region, config=QUICK,
+    )
 
 
 def read_json(s3: Any, uri: str) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gradatim.api import GROUP, VERSION
+from gradatim.local.jobrunner import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN_IMAGE = "gradatim/stand-in-trainer:test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -117,3 +117,24 @@ def test_suspend_resume_and_delete(kube, namespace, runner, tmp_path):
     while runner.jobs and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not runner.jobs and local.replicas[0].process.poll() is not None, "deleting the job stopped its process"
+
+
+def shell_job(name: str, script: str, policy: str, backoff: int) -> dict:
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name},
+            "spec": {"runPolicy": {"backoffLimit": backoff}, "pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": policy,
+                     "template": {"spec": {"containers": [{"name": "pytorch", "image": "busybox", "command": ["sh", "-c", script]}]}}}}}}
+
+
+def test_restart_policies_and_backoff_limit(kube, namespace, runner):
+    create(kube, namespace, shell_job("flaky", "test -f marker && exit 0; touch marker; exit 1", "OnFailure", 2))
+    job = wait_condition(kube, namespace, "flaky", "Succeeded")
+    restarting = next(c for c in job["status"]["conditions"] if c["type"] == "Restarting")
+    assert restarting["reason"] == "PyTorchJobRestarting" and "1 Master replica(s) failed" in restarting["message"]
+
+    create(kube, namespace, shell_job("hopeless", "exit 1", "OnFailure", 1))
+    failed = next(c for c in wait_condition(kube, namespace, "hopeless", "Failed")["status"]["conditions"] if c["type"] == "Failed")
+    assert "reached the specified backoff limit" in failed["message"]
+
+    create(kube, namespace, shell_job("permanent", "exit 3", "ExitCode", 5))  # 1-127: not retryable
+    job = wait_condition(kube, namespace, "permanent", "Failed")
+    assert not any(c["type"] == "Restarting" for c in job["status"]["conditions"])

@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client
 
 from gradatim import s3
+from gradatim.local.jobrunner import free_port
 from tests.operator_harness import Harness
 
 
@@ -178,6 +179,18 @@ def test_a_missing_secret_stalls_one_pipeline_and_others_keep_running(h):
     assert "spec.storage.secretRef.name" in message and "does-not-exist" in message
     h.wait_phase("healthy", "Succeeded")
     assert any(e.reason == "InvalidReference" for e in h.events("orphan"))
+
+
+def test_unreachable_s3_and_a_missing_bucket_name_the_field(h):
+    h.pipeline("nos3", storage={"bucket": "gradatim", "endpoint": f"http://127.0.0.1:{free_port()}", "secretRef": {"name": "s3"}})
+    h.pipeline("nobucket", storage={"bucket": "no-such-bucket", "secretRef": {"name": "s3"}})
+    h.stage("lost", "nos3")
+    h.stage("bucketless", "nobucket")
+    lost = h.wait_phase("lost", "Invalid", timeout=60)
+    assert "spec.storage.endpoint: cannot reach S3" in next(c["message"] for c in lost["status"]["conditions"] if c["type"] == "Stalled")
+    bucketless = h.wait_phase("bucketless", "Invalid", timeout=60)
+    assert "spec.storage.bucket: bucket 'no-such-bucket' does not exist" in next(c["message"] for c in bucketless["status"]["conditions"] if c["type"] == "Stalled")
+    assert h.jobs("lost") == [] and h.jobs("bucketless") == []
 
 
 def test_operator_survives_sigkill_at_random_points(h):

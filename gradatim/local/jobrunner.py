@@ -58,6 +58,8 @@ class LocalJob:
     uid: str
     replicas: list[Replica] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    master_port: int = 0
 
     def exit_codes(self) -> dict[tuple[str, int], int | None]:
         return {(r.rtype, r.index): r.process.poll() for r in self.replicas}
@@ -189,12 +191,24 @@ class JobRunner:
         failed = [k for k, c in codes.items() if c not in (None, 0)]
         master_done = codes.get(("Master", 0)) == 0
         counts = kf.replica_counts(job)
+        retryable = [k for k in failed if kf.should_restart(job, k[0], codes[k])]
+        backoff_limit = kf.run_policy(job).get("backoffLimit")
         if deadline and time.monotonic() - local.started > float(deadline):
             status = kf.set_condition(status, "Failed", True, kf.reason("Failed"), kf.messages(name)["Deadline"], now)
+        elif failed and len(retryable) == len(failed) and (backoff_limit is None or local.restarts < int(backoff_limit)):
+            rtype = failed[0][0]
+            for key in failed:
+                self._restart_replica(job, local, key)
+            return kf.set_condition(status, "Restarting", True, kf.reason("Restarting"),
+                                    f"PyTorchJob {name} is restarting because {len(failed)} {rtype} replica(s) failed.", now)
+        elif failed and retryable:
+            status = kf.set_condition(status, "Failed", True, kf.reason("Failed"), kf.messages(name)["Backoff"], now)
         elif failed:
             rtype = failed[0][0]
             n = sum(1 for k in failed if k[0] == rtype)
             status = kf.set_condition(status, "Failed", True, kf.reason("Failed"), f"PyTorchJob {name} is failed because {n} {rtype} replica(s) failed.", now)
+        elif kf.has_condition(status, "Restarting") and all(c is None for c in codes.values()):
+            return kf.set_condition(status, "Running", True, kf.reason("Running"), kf.messages(name)["Running"], now)
         elif master_done:
             status = kf.set_condition(status, "Succeeded", True, kf.reason("Succeeded"), kf.messages(name)["Succeeded"], now)
         else:
@@ -212,6 +226,15 @@ class JobRunner:
         self._remove_targets(self.jobs.pop(job["metadata"]["uid"]))
         return status
 
+    def _restart_replica(self, job: dict[str, Any], local: LocalJob, key: tuple[str, int]) -> None:
+        rtype, index = key
+        old = next(r for r in local.replicas if (r.rtype, r.index) == key)
+        spec = job["spec"]["pytorchReplicaSpecs"][rtype]
+        new = self._start_replica(job, rtype, index, spec["template"], local.master_port, old.log_path.parent)
+        local.replicas[local.replicas.index(old)] = new
+        local.restarts += 1
+        log.info("Restarted %s-%d of PyTorchJob %s/%s (restart %d)", rtype, index, local.namespace, local.name, local.restarts)
+
     def _write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
         try:
@@ -225,8 +248,8 @@ class JobRunner:
     def _start(self, job: dict[str, Any]) -> LocalJob:
         meta = job["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        local = LocalJob(ns, name, meta["uid"])
         port = free_port()
+        local = LocalJob(ns, name, meta["uid"], master_port=port)
         root = self.workdir / ns / name
         for rtype, spec in (job["spec"].get("pytorchReplicaSpecs") or {}).items():
             for index in range(int(spec.get("replicas", 1))):

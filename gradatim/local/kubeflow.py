@@ -95,6 +95,18 @@ def replica_env(job: Mapping[str, Any], rtype: str, index: int, master_addr: str
     return env
 
 
+def should_restart(job: Mapping[str, Any], rtype: str, exit_code: int | None) -> bool:
+    """Whether a replica that exited with `exit_code` is restarted rather than failing the job:
+    `OnFailure` and `Always` restart; `ExitCode` restarts on 128-255 (signals, retryable) and fails on 1-127."""
+    spec = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).get(rtype) or {}
+    policy = spec.get("restartPolicy", "OnFailure")  # PyTorchJob's default
+    if policy in ("OnFailure", "Always"):
+        return True
+    if policy == "ExitCode":
+        return exit_code is not None and (exit_code < 0 or exit_code >= 128)
+    return False
+
+
 def pod_name(job_name: str, rtype: str, index: int) -> str:
     return f"{job_name}-{rtype.lower()}-{index}"
 
@@ -111,4 +123,5 @@ def messages(name: str) -> dict[str, str]:
         "Suspended": f"PyTorchJob {name} is suspended.",
         "Resumed": f"PyTorchJob {name} is resumed.",
         "Deadline": f"Job {name} has failed because it was active longer than specified deadline",
+        "Backoff": f"Job {name} has failed because it has reached the specified backoff limit",
     }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from kubernetes import client
 
 from gradatim import s3
@@ -78,6 +78,20 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def storage_problem(pipeline: TrainingPipeline, uri: str, err: Exception) -> str:
+    """What went wrong reading S3, naming the pipeline field a user would fix."""
+    where = f"TrainingPipeline {pipeline.metadata['name']}"
+    code = err.response.get("Error", {}).get("Code", "") if isinstance(err, ClientError) else ""
+    if isinstance(err, EndpointConnectionError):
+        endpoint = pipeline.spec.storage.endpoint or "the Secret's AWS_ENDPOINT_URL"
+        return f"{where} spec.storage.endpoint: cannot reach S3 at {endpoint}: {err}"
+    if code == "NoSuchBucket":
+        return f"{where} spec.storage.bucket: bucket {pipeline.spec.storage.bucket!r} does not exist"
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+        return f"{where} spec.storage.secretRef: the credentials were refused reading {uri} ({code})"
+    return f"{where} spec.storage: cannot read {uri}: {err}"
+
+
 class Reconciler:
     def __init__(self, api: client.ApiClient, metrics: OperatorMetrics) -> None:
         self.api = api
@@ -85,6 +99,7 @@ class Reconciler:
         self.queue = WorkQueue()
         self._failures: dict[Key, int] = {}
         self.dependency_latencies: list[float] = []
+        self._s3_clients: dict[tuple, Any] = {}  # a connection cache, not state: losing it changes no decision
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -136,7 +151,10 @@ class Reconciler:
         if absent:
             return None, [f"{where} spec.storage.secretRef: Secret {ref.name!r} has no key {', '.join(absent)}"]
         storage = pipeline.spec.storage
-        return s3.client_from_secret(data, ref.access_key_id_key, ref.secret_access_key_key, storage.endpoint, storage.region), []
+        identity = (storage.endpoint or data.get("AWS_ENDPOINT_URL"), data[ref.access_key_id_key], data[ref.secret_access_key_key], storage.region)
+        if identity not in self._s3_clients:  # building a boto3 client costs ~0.3 s and megabytes: reuse them
+            self._s3_clients[identity] = s3.client_from_secret(data, ref.access_key_id_key, ref.secret_access_key_key, storage.endpoint, storage.region)
+        return self._s3_clients[identity], []
 
     def reconcile_stage(self, namespace: str, name: str) -> tuple[list[Key], float | None]:
         body = kube.get_stage(self.api, namespace, name)
@@ -163,9 +181,10 @@ class Reconciler:
                     if job is not None:
                         progress = s3.read_json(store, out + "progress.json")
                 except (BotoCoreError, ClientError) as err:
-                    problems = [f"TrainingPipeline {pipeline.metadata['name']} spec.storage: cannot read {out}: {err}"]
+                    problems = [storage_problem(pipeline, out, err)]
         now = _now()
         plan = plan_stage(Observed(stage, pipeline, siblings, job, results, progress, now, tuple(problems)))
+        log.debug("Planned stage %s/%s: %s %s: %s", namespace, name, plan.status.phase, plan.reason, plan.message)
         self._act(stage, plan, siblings, now)
         changed = self._write_status(body, stage, plan)
         follow_up = [Key("pipeline", namespace, stage.spec.pipeline)] if changed else []

@@ -20,8 +20,8 @@ def add_operator_command(subparsers: argparse._SubParsersAction) -> None:
 def run(namespaces: list[str] | None, liveness: str, verbose: bool = False) -> int:
     import gradatim.operator  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kopf.configure(verbose=verbose)
+    kopf.configure(verbose=verbose)  # kopf's logging setup also formats ours
+    logging.getLogger("gradatim").setLevel(logging.DEBUG if verbose else logging.INFO)
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces, namespaces=namespaces or [], liveness_endpoint=liveness or None, standalone=True,
