@@ -1,0 +1,161 @@
+"""Tiny real things for tests and the quickstart: verifiable math problems made procedurally, a BPE tokenizer
+trained on the fly with a ChatML template and `<think>` tokens, and a small Llama-style model from a config.
+
+Nothing here is downloaded. The problems have gold answers in LaTeX and a worked solution, so a model can be
+trained on correct traces and checked with math-verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+Split = Literal["train", "eval", "rl"]
+SPLITS: tuple[Split, ...] = ("train", "eval", "rl")
+KINDS = ("add", "sub", "mul", "mix", "frac", "linear")
+
+PAD, BOS, EOS = "<|pad|>", "<|endoftext|>", "<|im_end|>"
+IM_START, THINK, END_THINK = "<|im_start|>", "<think>", "</think>"
+SPECIAL_TOKENS = [PAD, BOS, IM_START, EOS, THINK, END_THINK]
+# ChatML, as Phi-4-reasoning uses; `add_generation_prompt` opens the assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One verifiable problem: its prompt, gold answer (LaTeX) and a worked solution, step by step."""
+
+    id: str
+    kind: str
+    prompt: str
+    answer: str
+    steps: tuple[str, ...]
+
+    def solution(self, think: bool = True) -> str:
+        """A correct completion: the reasoning (in `<think>` when asked), then the boxed answer."""
+        reasoning = " ".join(self.steps)
+        body = f"{THINK} {reasoning} {END_THINK}" if think else reasoning
+        return f"{body} The answer is $\\boxed{{{self.answer}}}$."
+
+    def record(self) -> dict[str, str]:
+        return {"id": self.id, "kind": self.kind, "prompt": self.prompt, "answer": self.answer}
+
+
+def latex(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    sign = "-" if value < 0 else ""
+    return f"{sign}\\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
+
+
+def _make(rng: random.Random, kind: str) -> tuple[str, Fraction, tuple[str, ...]]:
+    a, b, c = rng.randint(2, 19), rng.randint(2, 19), rng.randint(2, 9)
+    if kind == "add":
+        return f"What is {a} + {b}?", Fraction(a + b), (f"{a} + {b} = {a + b}.",)
+    if kind == "sub":
+        return f"What is {a} - {b}?", Fraction(a - b), (f"{a} - {b} = {a - b}.",)
+    if kind == "mul":
+        a, b = rng.randint(2, 12), rng.randint(2, 9)
+        return f"What is {a} * {b}?", Fraction(a * b), (f"{a} * {b} = {a * b}.",)
+    if kind == "mix":
+        return f"What is {a} + {b} * {c}?", Fraction(a + b * c), (f"First {b} * {c} = {b * c}.", f"Then {a} + {b * c} = {a + b * c}.")
+    if kind == "frac":
+        p, q, r, s = rng.randint(1, 5), rng.randint(2, 6), rng.randint(1, 5), rng.randint(2, 6)
+        total = Fraction(p, q) + Fraction(r, s)
+        common = q * s // math.gcd(q, s)
+        return (
+            f"What is {p}/{q} + {r}/{s}? Give the answer as a reduced fraction.",
+            total,
+            (f"The common denominator is {common}.", f"{p}/{q} + {r}/{s} = {p * common // q}/{common} + {r * common // s}/{common} = "
+             f"{p * common // q + r * common // s}/{common}.", f"Reduced: {total.numerator}/{total.denominator}."),
+        )
+    if kind == "linear":
+        x = rng.randint(-9, 9)
+        rhs = a * x + b
+        return f"Solve for x: {a}x + {b} = {rhs}.", Fraction(x), (f"{a}x = {rhs} - {b} = {rhs - b}.", f"x = {rhs - b}/{a} = {x}.")
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def split_of(prompt: str) -> Split:
+    """Which split a prompt belongs to, by its hash: the splits can never share a problem."""
+    bucket = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 10
+    return "eval" if bucket == 0 else "rl" if bucket == 1 else "train"
+
+
+def tiny_math(split: Split, n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> list[Problem]:
+    """`n` distinct problems of one split, the same for the same arguments."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    rng = random.Random(f"tiny-math/{seed}/{split}")
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    attempts = 0
+    while len(problems) < n:
+        attempts += 1
+        if attempts > 200 * n + 10000:
+            raise ValueError(f"cannot make {n} distinct {split} problems of kinds {kinds}")
+        kind = kinds[rng.randrange(len(kinds))]
+        prompt, answer, steps = _make(rng, kind)
+        if prompt in seen or split_of(prompt) != split:
+            continue
+        seen.add(prompt)
+        pid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
+        problems.append(Problem(pid, kind, prompt, latex(answer), steps))
+    return problems
+
+
+def corpus(seed: int = 0) -> list[str]:
+    """Text the tokenizer is trained on: prompts and worked solutions of every split (no answers leak: the
+    tokenizer only learns to segment text)."""
+    texts = []
+    for split in SPLITS:
+        for p in tiny_math(split, 400 if split == "train" else 100, seed):
+            texts += [p.prompt, p.solution(), p.solution(think=False)]
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 384, seed: int = 0):
+    """A byte-level BPE tokenizer trained on the fly, as a `PreTrainedTokenizerFast` with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus(seed), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, additional_special_tokens=[IM_START, THINK, END_THINK])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # generation pads on the left
+    return fast
+
+
+def tiny_config(vocab_size: int, max_length: int = 512, hidden: int = 128, layers: int = 4):
+    """A small Llama-style decoder (GQA, RoPE, SwiGLU, tied embeddings): ~1M parameters at the defaults."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_length, rope_theta=10000.0,
+        tie_word_embeddings=True, attn_implementation="sdpa",
+    )
+
+
+def build_model(tokenizer, seed: int = 0, **config_overrides):
+    """A freshly initialised tiny model for `tokenizer`, the same for the same seed."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(len(tokenizer), **config_overrides)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    return LlamaForCausalLM(config)

@@ -1,0 +1,45 @@
+"""The tiny math generator, tokenizer and model used by tests and the quickstart."""
+
+from __future__ import annotations
+
+from math_verify import parse, verify
+
+from gradatim.trainer.tiny import KINDS, build_model, build_tokenizer, split_of, tiny_math
+
+
+def test_splits_are_disjoint_deterministic_and_cover_every_kind():
+    train, evals, rl = tiny_math("train", 1500), tiny_math("eval", 150), tiny_math("rl", 150)
+    prompts = [{p.prompt for p in s} for s in (train, evals, rl)]
+    assert len(prompts[0]) == 1500 and not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
+    assert all(split_of(p.prompt) == "eval" for p in evals)
+    assert tiny_math("eval", 150) == evals and tiny_math("eval", 150, seed=1) != evals
+    assert {p.kind for p in train} == set(KINDS)
+
+
+def test_gold_answers_verify_against_worked_solutions_and_wrong_ones_do_not():
+    for p in tiny_math("eval", 60):
+        gold = parse(f"${p.answer}$")
+        assert verify(gold, parse(p.solution())), p
+        assert not verify(gold, parse("The answer is $\\boxed{1000}$.")), p
+
+
+def test_tokenizer_round_trips_chat_and_marks_the_end_of_the_assistant_turn():
+    tok = build_tokenizer()
+    p = tiny_math("train", 1)[0]
+    text = tok.apply_chat_template([{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.solution()}], tokenize=False)
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    for special in ("<think>", "</think>", "<|im_end|>", "<|im_start|>"):
+        assert tok.convert_tokens_to_ids(special) in ids
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id
+
+
+def test_tiny_model_runs_a_forward_pass_with_a_loss():
+    import torch
+
+    tok = build_tokenizer()
+    model = build_model(tok, seed=3)
+    batch = tok(["What is 2 + 3?", "What is 7 * 8?"], return_tensors="pt", padding=True)
+    out = model(**batch, labels=batch["input_ids"])
+    assert torch.isfinite(out.loss) and out.logits.shape[-1] == len(tok)
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
