@@ -71,6 +71,10 @@ def test_waits_for_dependencies_then_resolves_their_outputs():
     import json
     resolved = json.loads(create.configmap["data"]["stage.json"])
     assert resolved["inputs"]["model"]["uri"] == mid_done.status.outputs["model"]
+    from gradatim.api.resolved import ResolvedStageSpec
+
+    contract = ResolvedStageSpec.model_validate(resolved)  # what the trainer will read
+    assert contract.typed_params() == sft.params() and contract.inputs.model.produced_by.stage == "midtrain"
     assert resolved["output"]["uri"] == f"s3://models/ml/recipe/sft/{plan.status.cache_key}/"
 
 

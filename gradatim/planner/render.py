@@ -10,6 +10,7 @@ from typing import Any
 from gradatim.api.base import API_VERSION
 from gradatim.api.common import Resources, Source
 from gradatim.api.pipeline import TrainingPipeline
+from gradatim.api.resolved import OutputLocation, ProducedBy, ResolvedInputs, ResolvedSource, ResolvedStageSpec, StorageLocation
 from gradatim.api.stage import TrainingStage
 
 LABEL_PREFIX = "gradatim.io/"
@@ -72,17 +73,14 @@ def missing_outputs(stage: TrainingStage, upstream: Mapping[str, Upstream]) -> l
     return missing
 
 
-def resolve_source(source: Source, upstream: Mapping[str, Upstream]) -> dict[str, Any]:
+def resolve_source(source: Source, upstream: Mapping[str, Upstream]) -> ResolvedSource:
     """A source with `fromStage` replaced by the URI of that stage's output."""
-    wire = source.to_wire()
+    name = getattr(source, "name", None)
     if source.from_stage is None:
-        return wire
+        return ResolvedSource(hf=source.hf, uri=source.uri, builtin=source.builtin, name=name)
     up = upstream[source.from_stage]
-    wire.pop("fromStage")
-    wire.pop("output", None)
-    wire["uri"] = up.uri(source.output)
-    wire["producedBy"] = {"stage": source.from_stage, "output": source.output or MAIN_OUTPUT[up.type]}
-    return wire
+    output = source.output or MAIN_OUTPUT[up.type]
+    return ResolvedSource(uri=up.uri(source.output), name=name, produced_by=ProducedBy(stage=source.from_stage, output=output))
 
 
 def render_stage_spec(
@@ -91,25 +89,25 @@ def render_stage_spec(
     """The resolved stage spec the trainer reads: inputs as concrete URIs, where to write, how to resume."""
     meta, spec = stage.metadata, stage.spec
     out = output_uri(pipeline, meta["namespace"], spec.pipeline, meta["name"], key)
-    return {
-        "apiVersion": API_VERSION,
-        "namespace": meta["namespace"],
-        "pipeline": spec.pipeline,
-        "stage": meta["name"],
-        "type": spec.type,
-        "attempt": attempt,
-        "cacheKey": key,
-        "seed": spec.seed,
-        "params": stage.params().to_wire(),
-        "inputs": {
-            "model": resolve_source(spec.inputs.model, upstream) if spec.inputs.model else None,
-            "data": [resolve_source(d, upstream) for d in spec.inputs.data],
-            "evalData": [resolve_source(d, upstream) for d in spec.inputs.eval_data],
-        },
-        "output": {"uri": out, "checkpointUri": out + "checkpoints/", "checkpointInterval": spec.checkpoint_interval},
-        "storage": pipeline.spec.storage.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"secret_ref"}),
-        "metricsPort": METRICS_PORT,
-    }
+    resolved = ResolvedStageSpec(
+        namespace=meta["namespace"],
+        pipeline=spec.pipeline,
+        stage=meta["name"],
+        type=spec.type,
+        attempt=attempt,
+        cache_key=key,
+        seed=spec.seed,
+        params=stage.params().to_wire(),
+        inputs=ResolvedInputs(
+            model=resolve_source(spec.inputs.model, upstream) if spec.inputs.model else None,
+            data=[resolve_source(d, upstream) for d in spec.inputs.data],
+            eval_data=[resolve_source(d, upstream) for d in spec.inputs.eval_data],
+        ),
+        output=OutputLocation(uri=out, checkpoint_uri=out + "checkpoints/", checkpoint_interval=spec.checkpoint_interval),
+        storage=StorageLocation.model_validate(pipeline.spec.storage.model_dump(exclude={"secret_ref"})),
+        metrics_port=METRICS_PORT,
+    )
+    return resolved.to_wire()
 
 
 def owner_reference(stage: TrainingStage) -> dict[str, Any]:

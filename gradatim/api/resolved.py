@@ -1,0 +1,89 @@
+"""The resolved stage spec: the contract between the operator (which writes it into the job's ConfigMap) and
+the trainer (which reads it). Inputs are concrete (`fromStage` replaced by URIs); outputs have a place."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from gradatim.api.base import API_VERSION, Model
+from gradatim.api.common import StageType
+from gradatim.api.hyperparams import (
+    DecontaminateParams,
+    DPOParams,
+    EvalParams,
+    GenerateParams,
+    GRPOParams,
+    MidtrainParams,
+    SFTParams,
+)
+
+PARAMS = {
+    "generate": GenerateParams, "decontaminate": DecontaminateParams, "midtrain": MidtrainParams,
+    "sft": SFTParams, "dpo": DPOParams, "grpo": GRPOParams, "eval": EvalParams,
+}
+
+
+class ProducedBy(Model):
+    stage: str
+    output: str
+
+
+class ResolvedSource(Model):
+    """A model or dataset the trainer can load: exactly one of hf, uri or builtin."""
+
+    hf: str | None = None
+    uri: str | None = None
+    builtin: str | None = None
+    name: str | None = None
+    produced_by: ProducedBy | None = None
+
+    @property
+    def label(self) -> str:
+        """A short name for metrics and reports."""
+        if self.name:
+            return self.name
+        ref = self.hf or self.uri or self.builtin or "input"
+        return ref.rstrip("/").rsplit("/", 1)[-1].replace(":", "-")
+
+
+class ResolvedInputs(Model):
+    model: ResolvedSource | None = None
+    data: list[ResolvedSource] = Field(default_factory=list)
+    eval_data: list[ResolvedSource] = Field(default_factory=list)
+
+
+class OutputLocation(Model):
+    uri: str
+    """Prefix every output of this run goes under: `<uri><output name>/`, plus `results.json` and `progress.json`."""
+    checkpoint_uri: str
+    """Where resumable checkpoints go; the same for every attempt of the run, so a retry resumes."""
+    checkpoint_interval: int | None = None
+
+
+class StorageLocation(Model):
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str = "us-east-1"
+
+
+class ResolvedStageSpec(Model):
+    api_version: Literal["gradatim.io/v1alpha1"] = API_VERSION
+    namespace: str
+    pipeline: str
+    stage: str
+    type: StageType
+    attempt: int
+    cache_key: str
+    seed: int = 0
+    params: dict[str, Any]
+    inputs: ResolvedInputs
+    output: OutputLocation
+    storage: StorageLocation
+    metrics_port: int = 9090
+
+    def typed_params(self) -> Any:
+        """The hyperparameters, parsed as the stage type's block (defaults filled in)."""
+        return PARAMS[self.type].model_validate(self.params)
