@@ -1,0 +1,1 @@
+"""One module per stage type, each with `run(spec, rt, store, reporter) -> results`."""
