@@ -254,3 +254,10 @@ class EvalParams(
     """System message before each problem; left out: the model's chat template decides."""
     batch_size: int = Field(default=64, ge=1, le=65536)
     """Problems generated together per process."""
+
+
+PARAMS_BY_TYPE = {
+    "generate": GenerateParams, "decontaminate": DecontaminateParams, "midtrain": MidtrainParams,
+    "sft": SFTParams, "dpo": DPOParams, "grpo": GRPOParams, "eval": EvalParams,
+}
+"""The hyperparameter block of each stage type (`spec.<type>`)."""

@@ -9,20 +9,7 @@ from pydantic import Field
 
 from gradatim.api.base import API_VERSION, Model
 from gradatim.api.common import StageType
-from gradatim.api.hyperparams import (
-    DecontaminateParams,
-    DPOParams,
-    EvalParams,
-    GenerateParams,
-    GRPOParams,
-    MidtrainParams,
-    SFTParams,
-)
-
-PARAMS = {
-    "generate": GenerateParams, "decontaminate": DecontaminateParams, "midtrain": MidtrainParams,
-    "sft": SFTParams, "dpo": DPOParams, "grpo": GRPOParams, "eval": EvalParams,
-}
+from gradatim.api.hyperparams import PARAMS_BY_TYPE
 
 
 class ProducedBy(Model):
@@ -86,4 +73,4 @@ class ResolvedStageSpec(Model):
 
     def typed_params(self) -> Any:
         """The hyperparameters, parsed as the stage type's block (defaults filled in)."""
-        return PARAMS[self.type].model_validate(self.params)
+        return PARAMS_BY_TYPE[self.type].model_validate(self.params)
