@@ -1,0 +1,89 @@
+"""`eval`: pass@1 averaged over k samples per problem, per eval set, with a confidence interval, plus the
+per-problem record (every completion and whether math-verify judged it correct)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import torch.distributed as dist
+
+from gradatim.api.resolved import ResolvedStageSpec
+from gradatim.trainer.artifacts import upload_dir
+from gradatim.trainer.generation import chat_prompt, sample
+from gradatim.trainer.report import Reporter
+from gradatim.trainer.rewards import is_correct
+from gradatim.trainer.runtime import Runtime
+from gradatim.trainer.sources import load_model, load_records, write_jsonl
+
+
+def summarize(correct: Sequence[Sequence[bool]], level: float) -> dict[str, float]:
+    """pass@1 = the mean over problems of each problem's share of correct samples; the interval is the normal
+    approximation over problems (the unit that varies between eval sets)."""
+    rates = [sum(c) / len(c) for c in correct]
+    mean = statistics.fmean(rates)
+    if len(rates) < 2:
+        return {"pass@1": mean, "ci_low": mean, "ci_high": mean, "problems": float(len(rates))}
+    z = statistics.NormalDist().inv_cdf((1 + level) / 2)
+    half = z * statistics.stdev(rates) / len(rates) ** 0.5
+    return {"pass@1": mean, "ci_low": max(0.0, mean - half), "ci_high": min(1.0, mean + half), "problems": float(len(rates))}
+
+
+def gather(rows: list[dict[str, Any]], rt: Runtime) -> list[dict[str, Any]]:
+    """Every process's rows on rank 0 (each process scored its own share of the problems)."""
+    if rt.world_size == 1:
+        return rows
+    parts: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(parts, rows)
+    return sorted((r for part in parts for r in part), key=lambda r: r["index"])
+
+
+def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
+    params = spec.typed_params()
+    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed)
+    model.to(rt.device)
+    sets = [(source.label, load_records(source, store, rt.workdir, spec.seed)) for source in spec.inputs.eval_data]
+    total = sum(len(records) for _, records in sets)
+    done = 0
+    metrics: dict[str, float] = {}
+    all_rates: list[list[bool]] = []
+    lengths: list[int] = []
+    out_dir = rt.workdir / "results"
+    for name, records in sets:
+        mine = list(range(rt.rank, len(records), rt.world_size))
+        prompts = [chat_prompt(tokenizer, records[i]["prompt"], params.system_message) for i in mine]
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n * rt.world_size
+            reporter.progress(min(done, total), total, samples=n * params.samples_per_problem * rt.world_size)
+
+        groups = sample(model, tokenizer, prompts, params.samples_per_problem, params, params.batch_size, spec.seed + rt.rank, advance)
+        rows = []
+        for i, group in zip(mine, groups):
+            gold = str(records[i]["answer"])
+            verdicts = [is_correct(gold, c.text) for c in group]
+            rows.append({"index": i, "id": records[i].get("id", str(i)), "prompt": records[i]["prompt"], "answer": gold,
+                         "completions": [c.text for c in group], "correct": verdicts, "pass_rate": sum(verdicts) / len(verdicts),
+                         "lengths": [len(c.token_ids) for c in group]})
+        rows = gather(rows, rt)
+        if rt.is_rank0:
+            summary = summarize([r["correct"] for r in rows], params.confidence_level)
+            metrics[f"pass@1/{name}"] = summary["pass@1"]
+            metrics[f"pass@1_ci_low/{name}"] = summary["ci_low"]
+            metrics[f"pass@1_ci_high/{name}"] = summary["ci_high"]
+            all_rates += [r["correct"] for r in rows]
+            lengths += [n for r in rows for n in r["lengths"]]
+            write_jsonl(rows, out_dir / f"{name}.jsonl")
+            reporter.metric("pass_at_1", summary["pass@1"], "pass@1 of the last eval set")
+    outputs: dict[str, str] = {}
+    if rt.is_rank0:
+        overall = summarize(all_rates, params.confidence_level)
+        metrics.update({"pass@1": overall["pass@1"], "pass@1_ci_low": overall["ci_low"], "pass@1_ci_high": overall["ci_high"],
+                        "completion_length_mean": statistics.fmean(lengths) if lengths else 0.0,
+                        "samples_per_problem": float(params.samples_per_problem)})
+        outputs["results"] = spec.output.uri + "results/"
+        upload_dir(store, out_dir, outputs["results"])
+    rt.barrier()
+    return reporter.results(metrics, outputs)
