@@ -1,0 +1,28 @@
+"""`dpo` through `torchrun -m gradatim.trainer` on planted (correct, incorrect) pairs from SeaweedFS."""
+
+from __future__ import annotations
+
+import math
+
+from gradatim import s3
+from gradatim.trainer.artifacts import upload_dir
+from gradatim.trainer.sources import write_jsonl
+from gradatim.trainer.tiny import tiny_math
+from tests.trainer_harness import run_trainer, stage_spec
+
+
+def test_dpo_prefers_the_chosen_rollouts(cluster, tmp_path):
+    pairs = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "chosen": p.solution(), "rejected": "<think> no idea </think> The answer is $\\boxed{0}$."}
+             for p in tiny_math("train", 64)]
+    spec = stage_spec(cluster, "dpo", {"beta": 0.1, "learningRate": 1e-3, "batchSize": 8, "microBatchSize": 4, "maxSteps": 8,
+                                       "maxLength": 256, "precision": "fp32", "gradientCheckpointing": False, "warmupRatio": 0.0}, {})
+    data_uri = spec.output.uri.replace("/dpo/", "/dpo-inputs/") + "pairs/"
+    write_jsonl(pairs, tmp_path / "pairs" / "part-00000.jsonl")
+    upload_dir(cluster.s3_client(), tmp_path / "pairs", data_uri)
+    spec = spec.model_copy(update={"inputs": spec.inputs.model_validate({"model": {"builtin": "tiny-model"}, "data": [{"uri": data_uri}]})})
+    result = run_trainer(cluster, spec, tmp_path / "run")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = s3.read_json(cluster.s3_client(), spec.output.uri + "results.json")["metrics"]
+    losses = [float(line.split("loss=")[1].split()[0]) for line in (result.stdout + result.stderr).splitlines() if "Step " in line and "loss=" in line]
+    assert abs(losses[0] - math.log(2)) < 0.02, "DPO starts at ln 2: the policy equals its reference"
+    assert losses[-1] < losses[0] - 0.1 and metrics["reward_margin"] > 0 and metrics["reward_accuracy"] > 0.5, (losses, metrics)
