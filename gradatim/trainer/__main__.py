@@ -13,7 +13,7 @@ from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 
-IMPLEMENTED = ("decontaminate", "dpo", "eval", "generate", "midtrain", "sft")
+IMPLEMENTED = ("decontaminate", "dpo", "eval", "generate", "grpo", "midtrain", "sft")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,79 @@
+"""`grpo`: TRL GRPO with the rewards of the stage's spec, each a separate TRL reward function so that TRL
+logs every part (correctness scaled by length, repetition, format) and weighs them as the spec says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from gradatim.api.hyperparams import GRPOParams
+from gradatim.api.resolved import ResolvedStageSpec
+from gradatim.trainer import rewards
+from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, resume_point, save_model, training_arguments
+from gradatim.trainer.report import Reporter
+from gradatim.trainer.runtime import Runtime
+from gradatim.trainer.sources import SourceError, load_model, load_records
+
+
+def _text(completion: Any) -> str:
+    return completion[0]["content"] if isinstance(completion, list) else str(completion)
+
+
+def reward_functions(params: GRPOParams, eos_token_id: int) -> list[Any]:
+    """Correctness (length-aware, with the format overrides), repetition and format, as TRL reward functions."""
+    cfg = params.rewards
+
+    def finished(ids: list[int]) -> bool:
+        return eos_token_id in ids or len(ids) < params.max_completion_length
+
+    def correctness(prompts, completions, completion_ids, answer, **_):
+        return [rewards.score(_text(c), ids, str(gold), finished(ids), cfg).accuracy for c, ids, gold in zip(completions, completion_ids, answer)]
+
+    def repetition(prompts, completions, completion_ids, **_):
+        return [rewards.repetition_penalty(ids, cfg.repetition_penalty) for ids in completion_ids]
+
+    def format(prompts, completions, completion_ids, **_):  # noqa: A001 (TRL logs the function's name)
+        return [1.0 if rewards.well_formed(_text(c), think=True) and finished(ids) else 0.0 for c, ids in zip(completions, completion_ids)]
+
+    return [correctness, repetition, format]
+
+
+def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, Any]:
+    if "prompt" not in record or "answer" not in record:
+        raise SourceError(f"record {record.get('id', '?')} needs prompt and answer fields (a verifiable problem)")
+    messages = ([{"role": "system", "content": system_message}] if system_message else []) + [{"role": "user", "content": record["prompt"]}]
+    return {"prompt": messages, "answer": str(record["answer"])}
+
+
+def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
+    params = spec.typed_params()
+    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
+    rows = [to_prompt(r, params.system_message) for source in spec.inputs.data for r in load_records(source, store, rt.workdir, spec.seed)]
+    if not rows:
+        raise SourceError("inputs.data holds no prompts")
+    output_dir = rt.workdir / "grpo"
+    cfg = params.rewards
+    args = training_arguments(
+        params, spec, rt, output_dir, GRPOConfig,
+        num_generations=params.num_generations, beta=params.beta, epsilon=params.epsilon, epsilon_high=params.epsilon_high,
+        max_completion_length=params.max_completion_length, temperature=params.temperature,
+        reward_weights=[cfg.correctness, cfg.repetition, cfg.format], log_completions=False,
+    )
+    progress = ReportingCallback(reporter)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params, tokenizer.eos_token_id), args=args,
+                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                          callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    last = history[-1] if history else {}
+    metrics = {
+        "train_loss": float(progress.last_loss if progress.last_loss is not None else result.training_loss),
+        "reward_mean": float(last.get("reward", 0.0)), "reward_std": float(last.get("reward_std", 0.0)),
+        "correctness_mean": float(last.get("rewards/correctness/mean", 0.0)),
+        "completion_length_mean": float(last.get("completions/mean_length", 0.0)),
+        "steps": float(trainer.state.global_step), "prompts": float(len(rows)),
+    }
+    return reporter.results(metrics, {"model": model_uri}, rewardHistory=[{k: v for k, v in h.items() if k.startswith(("reward", "completions", "step"))} for h in history])
