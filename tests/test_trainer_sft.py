@@ -79,3 +79,18 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupte
     b = weights(store, spec.output.uri + "model/", tmp_path / "b")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def logged_losses(result) -> list[float]:
+    return [float(line.split("loss=")[1].split()[0]) for line in (result.stdout + result.stderr).splitlines() if "Step " in line and "loss=" in line]
+
+
+def test_two_processes_reach_the_loss_of_one_on_the_same_global_batch(cluster, tmp_path):
+    params = PARAMS | {"maxSteps": 6, "batchSize": 16, "microBatchSize": 8}
+    one = run_trainer(cluster, stage_spec(cluster, "sft", params, INPUTS), tmp_path / "one", nproc=1)
+    two = run_trainer(cluster, stage_spec(cluster, "sft", params, INPUTS), tmp_path / "two", nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    a, b = logged_losses(one), logged_losses(two)
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        assert abs(x - y) < 1e-3 * max(1.0, abs(x)), (a, b)
