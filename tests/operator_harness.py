@@ -20,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gradatim.api import GROUP, VERSION
+from gradatim.cluster.targets import operator_targets
 from gradatim.local.jobrunner import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ class Harness:
         )
         self.runner = Process(
             [sys.executable, "-m", "gradatim", "jobrunner", "-n", self.namespace, "--workdir", str(self.workdir / "jobs"),
-             "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer"],
+             "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer", "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir)],
             env, self.workdir / "jobrunner.log",
         )
 
@@ -98,10 +99,12 @@ class Harness:
     def start(self) -> None:
         self.runner.start()
         self.operator.start()
+        operator_targets(self.cluster.prometheus_sd_dir, self.namespace, self.metrics_port)  # the embedded Prometheus scrapes it
 
     def stop(self) -> None:
         self.operator.stop()
         self.runner.stop()
+        (Path(self.cluster.prometheus_sd_dir) / f"operator-{self.namespace}.json").unlink(missing_ok=True)
 
     def operator_log(self) -> str:
         return self.operator.log.read_text(errors="replace")[-6000:]

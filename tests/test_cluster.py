@@ -225,7 +225,7 @@ def test_prometheus_scrapes_a_target_written_to_the_sd_dir(cluster: ClusterInfo)
     Gauge("gradatim_test_probe", "Set by test_cluster.py", registry=registry).set(42)
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    target_file = cluster.prometheus_sd_dir / f"test-{port}.json"
+    target_file = cluster.prometheus_sd_dir / f"operator-test-{port}.json"  # the operator job's file_sd pattern
     try:
         target_file.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"run": "test"}}]))
 
@@ -237,7 +237,7 @@ def test_prometheus_scrapes_a_target_written_to_the_sd_dir(cluster: ClusterInfo)
         query = f"{cluster.prometheus_url}/api/v1/query?query=gradatim_test_probe"
         result = eventually(lambda: get_json(query)["data"]["result"], timeout=30)
         assert result[0]["value"][1] == "42"
-        assert result[0]["metric"]["run"] == "test"
+        assert result[0]["metric"]["run"] == "test" and result[0]["metric"]["job"] == "gradatim-operator"
     finally:
         target_file.unlink(missing_ok=True)
         server.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -216,5 +217,23 @@ def test_liveness_and_metrics_endpoints(h):
     assert urllib.request.urlopen(f"http://127.0.0.1:{h.liveness_port}/healthz", timeout=5).status == 200
     text = h.metrics()
     for series in ("gradatim_reconcile_total", "gradatim_job_creations_total", "gradatim_reconcile_duration_seconds_bucket",
-                   "gradatim_dependency_to_job_seconds_count", "gradatim_build_info"):
+                   "gradatim_dependency_to_job_seconds_count", "gradatim_build_info", "gradatim_stage_phase", "gradatim_stage_result"):
         assert series in text, series
+
+
+def test_the_embedded_prometheus_scrapes_the_operators_stage_series(h, cluster):
+    h.pipeline("scraped")
+    h.stage("seen", "scraped", "eval", env={"STAND_IN_METRICS": '{"pass@1/math": 0.25}'})
+    h.wait_phase("seen", "Succeeded")
+    selector = f'{{job="gradatim-operator", namespace="{h.namespace}", pipeline="scraped", stage="seen"}}'
+
+    def query(expr: str) -> list:
+        url = f"{cluster.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        return json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"]
+
+    deadline = time.monotonic() + 60
+    while not query(f'gradatim_stage_phase{selector[:-1]}, phase="Succeeded"}} == 1') and time.monotonic() < deadline:
+        time.sleep(1)
+    assert query(f'gradatim_stage_phase{selector[:-1]}, phase="Succeeded"}} == 1'), "Prometheus never saw the stage succeed"
+    result = query(f'gradatim_stage_result{selector[:-1]}, metric="pass@1/math"}}')
+    assert float(result[0]["value"][1]) == 0.25

@@ -60,6 +60,23 @@ def test_a_stage_without_dependencies_starts_its_first_attempt():
     assert plan.events[0].reason == "JobCreated"
 
 
+def test_a_job_whose_status_write_was_lost_is_adopted_not_mistaken_for_a_cache_hit():
+    st = stage("sft")
+    key = key_of("sft", st)
+    orphan = job("sft-a1", ("Succeeded", "done"))
+    orphan["metadata"]["labels"] = {"gradatim.io/cache-key": key}
+    plan = plan_stage(observe(st, job=orphan, results={"metrics": {"train_loss": 1.0}, "outputs": {"model": "s3://m/"}}))
+    assert plan.status.phase == "Succeeded" and plan.status.attempt == 1 and plan.status.job_name == "sft-a1" and not plan.actions
+    running = job("sft-a1", ("Running", "running"))
+    running["metadata"]["labels"] = {"gradatim.io/cache-key": key}
+    plan = plan_stage(observe(st, job=running))
+    assert plan.status.phase == "Running" and plan.status.job_name == "sft-a1" and not plan.actions, "adopted, not created twice"
+    stale = job("sft-a1", ("Succeeded", "done"))
+    stale["metadata"]["labels"] = {"gradatim.io/cache-key": "another-key"}
+    plan = plan_stage(observe(st, job=stale, results={"metrics": {}, "outputs": {"model": "s3://m/"}}))
+    assert plan.status.phase == "Cached" and plan.status.attempt == 0, "a job of other content is not this run's"
+
+
 def test_waits_for_dependencies_then_resolves_their_outputs():
     mid = stage("midtrain", "midtrain")
     sft = stage("sft", deps=["midtrain"], model={"fromStage": "midtrain"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field
 
@@ -30,6 +30,7 @@ from gradatim.api.hyperparams import (
 )
 
 StagePhase = Literal["Pending", "Blocked", "Running", "Retrying", "Suspended", "Succeeded", "Cached", "Failed", "Invalid"]
+STAGE_PHASES: tuple[str, ...] = get_args(StagePhase)
 
 # The headline metrics each type writes to results.json; a quality gate may only name one of these.
 GATE_METRICS: dict[StageType, tuple[str, ...]] = {

@@ -8,6 +8,7 @@ import json
 import yaml
 
 CLUSTER_NAME = "gradatim"
+OPERATOR_JOB, TRAINER_JOB = "gradatim-operator", "gradatim-trainer"  # the scrape jobs docs/metrics.md names
 
 
 def render_kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, user: str) -> str:
@@ -41,15 +42,20 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 
 def render_prometheus_config(self_address: str, sd_dir: str) -> str:
+    """Scrapes itself, the operator and every running trainer, found through file_sd targets in `sd_dir`
+    (`operator-*.json` written by whoever starts an operator, `pytorchjob_*.json` by the local job runner).
+    `honor_labels`: a stage's series carry its own `namespace`, which must win over the target's."""
+
+    def file_sd(job: str, pattern: str) -> dict:
+        return {"job_name": job, "honor_labels": True, "file_sd_configs": [{"files": [f"{sd_dir}/{pattern}"], "refresh_interval": "5s"}]}
+
     config = {
         # 5s instead of the 1m default: runs are short and tests wait for the first scrape.
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [self_address]}]},
-            {
-                "job_name": "gradatim",
-                "file_sd_configs": [{"files": [f"{sd_dir}/*.json"], "refresh_interval": "5s"}],
-            },
+            file_sd(OPERATOR_JOB, "operator-*.json"),
+            file_sd(TRAINER_JOB, "pytorchjob_*.json"),
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)

@@ -27,6 +27,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from gradatim.cluster.targets import write_targets
 from gradatim.local import kubeflow as kf
 
 log = logging.getLogger("gradatim.jobrunner")
@@ -357,9 +358,7 @@ class JobRunner:
              "labels": {"namespace": local.namespace, "pytorchjob": local.name, "replica_type": r.rtype.lower(), "replica_index": str(r.index)}}
             for r in local.replicas if r.metrics_port
         ]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.replace(path)  # Prometheus must never read half a file
+        write_targets(path, groups)
 
     def _remove_targets(self, local: LocalJob) -> None:
         path = self._targets_path(local)

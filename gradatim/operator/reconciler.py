@@ -23,7 +23,7 @@ from gradatim.operator import kube
 from gradatim.operator.metrics import OperatorMetrics
 from gradatim.planner.graph import cache_keys
 from gradatim.planner.pipeline import plan_pipeline
-from gradatim.planner.render import output_uri
+from gradatim.planner.render import job_name, output_uri
 from gradatim.planner.stage import CreateJob, DeleteJob, Observed, Plan, SetJobSuspended, plan_stage
 
 log = logging.getLogger("gradatim.operator")
@@ -159,6 +159,7 @@ class Reconciler:
     def reconcile_stage(self, namespace: str, name: str) -> tuple[list[Key], float | None]:
         body = kube.get_stage(self.api, namespace, name)
         if body is None:
+            self.metrics.forget_stage(namespace, name)
             return [], None
         stage = kube.parse_stage(body)
         pipe_body = kube.get_pipeline(self.api, namespace, stage.spec.pipeline)
@@ -168,7 +169,9 @@ class Reconciler:
         siblings = self._siblings(namespace, stage.spec.pipeline)
         siblings[name] = stage
         status = stage.status
-        job = kube.get_job(self.api, namespace, status.job_name) if status and status.job_name else None
+        # The current attempt's job; with none recorded, the next attempt's, which a restart may have left behind.
+        current = status.job_name if status and status.job_name else job_name(name, (status.attempt if status else 0) + 1)
+        job = kube.get_job(self.api, namespace, current)
         results = progress = None
         problems: list[str] = []
         if pipeline is not None:
@@ -182,11 +185,13 @@ class Reconciler:
                         progress = s3.read_json(store, out + "progress.json")
                 except (BotoCoreError, ClientError) as err:
                     problems = [storage_problem(pipeline, out, err)]
+                    self.metrics.s3_errors.labels(namespace, stage.spec.pipeline, "GetObject").inc()  # read_json is the operator's one S3 call
         now = _now()
         plan = plan_stage(Observed(stage, pipeline, siblings, job, results, progress, now, tuple(problems)))
         log.debug("Planned stage %s/%s: %s %s: %s", namespace, name, plan.status.phase, plan.reason, plan.message)
         self._act(stage, plan, siblings, now)
         changed = self._write_status(body, stage, plan)
+        self.metrics.observe_stage(stage.model_copy(update={"status": plan.status}))
         follow_up = [Key("pipeline", namespace, stage.spec.pipeline)] if changed else []
         if changed:
             follow_up += [Key("stage", namespace, n) for n, s in siblings.items() if name in s.spec.depends_on]
@@ -256,13 +261,20 @@ class Reconciler:
             kube.replace_status(self.api, kube.PIPELINES, namespace, name, status)
         return []
 
-    def count_phases(self) -> None:
-        """Refresh the stages-by-phase gauge from the API server."""
-        counts: dict[tuple[str, str], int] = {}
-        for item in client.CustomObjectsApi(self.api).list_cluster_custom_object("gradatim.io", "v1alpha1", kube.STAGES)["items"]:
-            phase = (item.get("status") or {}).get("phase") or "Pending"
-            key = (item["metadata"]["namespace"], phase)
-            counts[key] = counts.get(key, 0) + 1
-        self.metrics.stages.clear()
-        for (ns, phase), n in counts.items():
-            self.metrics.stages.labels(ns, phase).set(n)
+    def resync(self, namespaces: list[str]) -> None:
+        """The level-based safety net: every stage and pipeline is queued again, and the per-stage series are
+        rebuilt from what the API server holds (dropping stages deleted while a watch event was missed)."""
+        custom = client.CustomObjectsApi(self.api)
+        if namespaces:
+            stages = [b for ns in namespaces for b in kube.list_stages(self.api, ns)]
+        else:
+            stages = custom.list_cluster_custom_object("gradatim.io", "v1alpha1", kube.STAGES)["items"]
+        live = []
+        for body in stages:
+            stage = kube.parse_stage(body)
+            ns, name = stage.metadata["namespace"], stage.metadata["name"]
+            live.append((ns, name))
+            self.metrics.observe_stage(stage)
+            self.queue.add(Key("stage", ns, name))
+            self.queue.add(Key("pipeline", ns, stage.spec.pipeline))
+        self.metrics.keep_only(live)

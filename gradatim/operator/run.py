@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 
 import kopf
 
@@ -18,6 +19,7 @@ def add_operator_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(namespaces: list[str] | None, liveness: str, verbose: bool = False) -> int:
+    os.environ["GRADATIM_OPERATOR_NAMESPACES"] = ",".join(namespaces or [])  # read by the handlers' resync
     import gradatim.operator  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=verbose)  # kopf's logging setup also formats ours

@@ -20,6 +20,7 @@ TYPE_LABEL = LABEL_PREFIX + "type"
 ATTEMPT_LABEL = LABEL_PREFIX + "attempt"
 KEY_LABEL = LABEL_PREFIX + "cache-key"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gradatim"}
+TRAINER_POD = {"app.kubernetes.io/name": "gradatim-trainer"}  # what the PodMonitor selects; also its job label
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 SPEC_DIR = "/etc/gradatim"
@@ -201,7 +202,8 @@ def _replica(stage: TrainingStage, pipeline: TrainingPipeline, resources: dict[s
         pod_spec["priorityClassName"] = priority
     if pipeline.spec.service_account_name:
         pod_spec["serviceAccountName"] = pipeline.spec.service_account_name
-    labels = {**MANAGED_BY, PIPELINE_LABEL: stage.spec.pipeline, STAGE_LABEL: stage.metadata["name"], TYPE_LABEL: stage.spec.type, ATTEMPT_LABEL: str(attempt)}
+    labels = {**MANAGED_BY, **TRAINER_POD, PIPELINE_LABEL: stage.spec.pipeline, STAGE_LABEL: stage.metadata["name"], TYPE_LABEL: stage.spec.type,
+              ATTEMPT_LABEL: str(attempt)}
     return {"replicas": replicas, "restartPolicy": "Never", "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
 
 

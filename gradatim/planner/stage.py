@@ -14,6 +14,7 @@ from gradatim.planner.conditions import conditions_for
 from gradatim.planner.graph import cache_keys, on_cycle
 from gradatim.planner.jobs import JobState, job_state
 from gradatim.planner.render import (
+    KEY_LABEL,
     KUEUE_QUEUE_LABEL,
     Upstream,
     job_name,
@@ -34,7 +35,7 @@ class Observed:
     stage: TrainingStage
     pipeline: TrainingPipeline | None
     siblings: Mapping[str, TrainingStage]  # every stage of the pipeline, this one included
-    job: dict[str, Any] | None  # the PyTorchJob named in status.jobName
+    job: dict[str, Any] | None  # the PyTorchJob named in status.jobName; with none named, the next attempt's, if it exists
     results: dict[str, Any] | None  # results.json under the stage's current key, when a run finished
     progress: dict[str, Any] | None  # progress.json of the running attempt, when the trainer wrote one
     now: datetime
@@ -174,6 +175,13 @@ def plan_stage(o: Observed) -> Plan:
         job: dict[str, Any] | None = None
     else:
         job = o.job if status.job_name else None
+    if status.job_name is None and o.job is not None and _is_next_attempt(o.job, name, status.attempt + 1, key):
+        # Created before a restart lost the status write: adopt it as the attempt it is, rather than start it
+        # again (AlreadyExists) or, once it has finished, mistake its results for a cache hit.
+        status.attempt += 1
+        status.job_name = o.job["metadata"]["name"]
+        status.start_time = status.start_time or now
+        job = o.job
 
     # A finished run under this key: the trainer's results are the record, whatever became of the job.
     if o.results is not None and (job is None or job_state(job) in (JobState.SUCCEEDED, JobState.FAILED)):
@@ -257,6 +265,11 @@ def plan_stage(o: Observed) -> Plan:
     plan.actions.append(CreateJob(pj, configmap))
     what = "retry" if status.retries else "run"
     return finish("Running", "JobCreated", f"created job {status.job_name} ({what}, attempt {status.attempt})")
+
+
+def _is_next_attempt(job: Mapping[str, Any], stage: str, attempt: int, key: str) -> bool:
+    meta = job.get("metadata") or {}
+    return meta.get("name") == job_name(stage, attempt) and (meta.get("labels") or {}).get(KEY_LABEL) == key
 
 
 def job_message(job: Mapping[str, Any]) -> str:
