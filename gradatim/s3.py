@@ -72,3 +72,16 @@ def read_json(s3: Any, uri: str) -> dict[str, Any] | None:
 def write_json(s3: Any, uri: str, obj: Any) -> None:
     loc = S3Location.parse(uri)
     s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=json.dumps(obj, indent=2, sort_keys=True).encode(), ContentType="application/json")
+
+
+def count_failures(s3: Any, on_failure: Any) -> None:
+    """Calls `on_failure(operation)` for every failed S3 request of this client, retried or not: connection
+    errors, 5xx, throttling and refused credentials. (botocore's `needs-retry` event sees every attempt.)"""
+
+    def check(response=None, caught_exception=None, operation=None, **_):
+        status = response[0].status_code if response else None
+        if caught_exception is not None or (status is not None and (status >= 500 or status in (401, 403, 429))):
+            on_failure(getattr(operation, "name", "unknown"))
+        return None  # never decides the retry: botocore's own handler does
+
+    s3.meta.events.register("needs-retry.s3", check)

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Started %s stage %s/%s/%s attempt %d on %d process(es), %s", spec.type, spec.namespace, spec.pipeline, spec.stage,
              spec.attempt, rt.world_size, rt.device)
     store = s3.client(endpoint=spec.storage.endpoint, region=spec.storage.region)
-    reporter = Reporter(spec, store, enabled=rt.is_rank0)
+    reporter = Reporter(spec, store, enabled=rt.is_rank0, device=rt.device, world_size=rt.world_size)
     try:
         stage = importlib.import_module(f"gradatim.trainer.stages.{spec.type}")
         stage.run(spec, rt, store, reporter)

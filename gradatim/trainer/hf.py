@@ -68,13 +68,27 @@ def training_arguments(params: TrainingParams, spec: ResolvedStageSpec, rt: Runt
     return config_class(**kwargs)
 
 
+# transformers/TRL log keys -> trainer gauges (docs/metrics.md).
+LOG_GAUGES = {
+    "loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
+    "reward": "reward_mean", "reward_std": "reward_std", "completions/mean_length": "completion_tokens_mean",
+    "rewards/margins": "dpo_reward_margin", "rewards/accuracies": "dpo_reward_accuracy",
+}
+REWARD_PART = re.compile(r"^rewards/([a-z_]+)/mean$")  # GRPO: one per reward function
+
+
 class ReportingCallback(TrainerCallback):
-    """Progress, loss, learning rate, grad norm and token throughput into the Reporter after every log."""
+    """Progress, loss, learning rate, grad norm, rewards and token throughput into the Reporter after every log."""
 
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
         self._tokens_seen = 0.0
+        self._samples_seen = 0
         self.last_loss: float | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.reporter.set_model(model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -85,11 +99,18 @@ class ReportingCallback(TrainerCallback):
         tokens = float(logs.get("num_tokens", state.num_input_tokens_seen or 0) or 0)
         new_tokens = max(0.0, tokens - self._tokens_seen)
         self._tokens_seen = max(self._tokens_seen, tokens)
-        self.reporter.progress(
-            state.global_step, state.max_steps, tokens=int(new_tokens),
-            loss=logs.get("loss"), learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-            **{k.replace("/", "_"): v for k, v in logs.items() if k.startswith(("rewards/", "reward", "completions/")) and isinstance(v, (int, float))},
-        )
+        samples = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        new_samples, self._samples_seen = max(0, samples - self._samples_seen), max(samples, self._samples_seen)
+        for key, value in logs.items():
+            if (m := REWARD_PART.match(key)) and isinstance(value, (int, float)):
+                self.reporter.reward_part(m.group(1), float(value))
+        gauges = {LOG_GAUGES[k]: float(v) for k, v in logs.items() if k in LOG_GAUGES and isinstance(v, (int, float))}
+        self.reporter.progress(state.global_step, state.max_steps, tokens=int(new_tokens), samples=new_samples, **gauges)
+
+
+def final_loss(progress: ReportingCallback, result: Any) -> float:
+    """The last logged training loss (the Trainer's own figure is the mean over the whole run)."""
+    return float(progress.last_loss if progress.last_loss is not None else result.training_loss)
 
 
 class CheckpointSync(TrainerCallback):

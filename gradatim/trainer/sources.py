@@ -4,6 +4,8 @@ inside the container, and the builtin tiny generators used by tests and the quic
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ from gradatim.trainer import tiny
 from gradatim.trainer.artifacts import download_dir
 
 BUILTIN_SIZES = {"train": 2000, "eval": 200, "rl": 400}
+# Where builtin models trained on first use are kept (an image would ship them prebuilt).
+MODEL_CACHE = Path(os.environ.get("GRADATIM_MODEL_CACHE") or Path.home() / ".cache" / "gradatim" / "models")
+log = logging.getLogger("gradatim.trainer")
 
 
 class SourceError(ValueError):
@@ -67,15 +72,22 @@ def load_records(source: ResolvedSource, store: Any, workdir: Path, seed: int = 
     return _read_table(local_copy(source, store, workdir))
 
 
+def load_all(sources: list[ResolvedSource], store: Any, workdir: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """The records of several dataset sources, concatenated in order."""
+    return [record for source in sources for record in load_records(source, store, workdir, seed)]
+
+
 def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0, dtype: Any = None):
     """(model, tokenizer) for a model source."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if source.builtin:
-        if source.builtin != "tiny-model":
-            raise SourceError(f"builtin model {source.builtin!r}: use tiny-model")
+    if source.builtin == "tiny-model":
         tokenizer = tiny.build_tokenizer()
         return tiny.build_model(tokenizer, seed=seed), tokenizer
+    if source.builtin == "tiny-teacher":
+        return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info)
+    if source.builtin:
+        raise SourceError(f"builtin model {source.builtin!r}: use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
     if source.hf:
         repo, _, revision = source.hf.partition("@")
         where, kwargs = repo, {"revision": revision or None}

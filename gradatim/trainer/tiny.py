@@ -129,7 +129,8 @@ def build_tokenizer(vocab_size: int = 384, seed: int = 0):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit: arithmetic is learnable digit by digit, not through arbitrary merges of numbers.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus(seed), trainer)
@@ -159,3 +160,74 @@ def build_model(tokenizer, seed: int = 0, **config_overrides):
     config = tiny_config(len(tokenizer), **config_overrides)
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     return LlamaForCausalLM(config)
+
+
+TEACHER_VERSION = "1"  # bump when the recipe below changes, so cached teachers are rebuilt
+
+
+def chat_example(tokenizer, problem: Problem, system_message: str | None = None) -> tuple[list[int], int]:
+    """(token ids, prompt length) of one ChatML conversation whose assistant turn is the worked solution."""
+    messages = ([{"role": "system", "content": system_message}] if system_message else []) + [{"role": "user", "content": problem.prompt}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(problem.solution() + EOS, add_special_tokens=False)["input_ids"]
+    return prompt_ids + answer_ids, len(prompt_ids)
+
+
+def train_teacher(tokenizer, seed: int = 0, steps: int = 600, batch_size: int = 32, lr: float = 3e-3, log=None):
+    """The builtin `tiny-teacher`: the tiny model trained briefly on correct worked solutions of the train split
+    (loss on the assistant turn only), so that `generate` samples from a real model that is right often, not
+    always. A plain loop: it runs once per machine and is cached (see `cached_teacher`)."""
+    import torch
+    import torch.nn.functional as F
+
+    model = build_model(tokenizer, seed=seed, hidden=192, layers=4)
+    examples = [chat_example(tokenizer, p) for p in tiny_math("train", 2000, seed)]
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    for step in range(steps):
+        batch = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, (ids, prompt_len) in enumerate(batch):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+            attention[i, : len(ids)] = 1
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if log and (step % 100 == 0 or step == steps - 1):
+            log(f"tiny-teacher step {step + 1}/{steps} loss {loss.item():.4f}")
+    model.eval()
+    return model
+
+
+def cached_teacher(cache_dir, seed: int = 0, log=None):
+    """(model, tokenizer) of `tiny-teacher`, trained on first use and kept in `cache_dir` (one writer at a time;
+    other processes wait for it and load the result)."""
+    import fcntl
+    import os
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(cache_dir) / f"tiny-teacher-v{TEACHER_VERSION}-seed{seed}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(target) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            tokenizer = build_tokenizer(seed=seed)
+            model = train_teacher(tokenizer, seed=seed, log=log)
+            staging = Path(str(target) + f".tmp{os.getpid()}")
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(target)
+    return AutoModelForCausalLM.from_pretrained(target), AutoTokenizer.from_pretrained(target)

@@ -12,7 +12,7 @@ from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import load_records, write_jsonl
+from gradatim.trainer.sources import load_all, load_records, write_jsonl
 
 WORD = re.compile(r"[a-z0-9]+|[+\-*/=^<>]")
 SAME_OPERATOR = {"\\times": "*", "\\cdot": "*", "×": "*", "÷": "/", "\\div": "/"}
@@ -92,7 +92,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     outputs: dict[str, str] = {}
     metrics: dict[str, float] = {}
     if rt.is_rank0:  # one pass over the text; nothing to share across processes
-        train = [r for source in spec.inputs.data for r in load_records(source, store, rt.workdir, spec.seed)]
+        train = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
         evals = [(s.label, load_records(s, store, rt.workdir, spec.seed)) for s in spec.inputs.eval_data]
         kept, removed = decontaminate(train, evals, params.ngram_size, params.threshold, params.fields)
         reporter.progress(len(train), len(train))

@@ -10,10 +10,10 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, resume_point, save_model, training_arguments
+from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import SourceError, load_model, load_records
+from gradatim.trainer.sources import SourceError, load_all, load_model
 
 
 def to_preference(record: dict[str, Any]) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def to_preference(record: dict[str, Any]) -> dict[str, Any]:
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    rows = [to_preference(r) for source in spec.inputs.data for r in load_records(source, store, rt.workdir, spec.seed)]
+    rows = [to_preference(r) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
     if not rows:
         raise SourceError("inputs.data holds no preference pairs; the generate stage found no prompt with both a correct and an incorrect rollout")
     output_dir = rt.workdir / "dpo"
@@ -41,7 +41,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
-    metrics = {"train_loss": float(progress.last_loss if progress.last_loss is not None else result.training_loss),
+    metrics = {"train_loss": final_loss(progress, result),
                "reward_margin": float(last.get("rewards/margins", 0.0)), "reward_accuracy": float(last.get("rewards/accuracies", 0.0)),
                "pairs": float(len(rows)), "steps": float(trainer.state.global_step)}
     return reporter.results(metrics, {"model": model_uri})

@@ -76,7 +76,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
             all_rates += [r["correct"] for r in rows]
             lengths += [n for r in rows for n in r["lengths"]]
             write_jsonl(rows, out_dir / f"{name}.jsonl")
-            reporter.metric("pass_at_1", summary["pass@1"], "pass@1 of the last eval set")
+            reporter.eval_set(name, summary["pass@1"])
     outputs: dict[str, str] = {}
     if rt.is_rank0:
         overall = summarize(all_rates, params.confidence_level)

@@ -18,7 +18,7 @@ from gradatim.trainer.generation import Completion, chat_prompt, sample
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.rewards import is_correct
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import load_model, load_records, write_jsonl
+from gradatim.trainer.sources import load_all, load_model, write_jsonl
 from gradatim.trainer.stages.eval import gather
 
 
@@ -56,7 +56,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed)
     model.to(rt.device)
-    records = [r for source in spec.inputs.data for r in load_records(source, store, rt.workdir, spec.seed)]
+    records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
     mine = list(range(rt.rank, len(records), rt.world_size))
     done = 0
 

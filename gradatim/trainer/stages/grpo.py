@@ -11,10 +11,10 @@ from trl import GRPOConfig, GRPOTrainer
 from gradatim.api.hyperparams import GRPOParams
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer import rewards
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, resume_point, save_model, training_arguments
+from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import SourceError, load_model, load_records
+from gradatim.trainer.sources import SourceError, load_all, load_model
 
 
 def _text(completion: Any) -> str:
@@ -50,7 +50,7 @@ def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, A
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    rows = [to_prompt(r, params.system_message) for source in spec.inputs.data for r in load_records(source, store, rt.workdir, spec.seed)]
+    rows = [to_prompt(r, params.system_message) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
     if not rows:
         raise SourceError("inputs.data holds no prompts")
     output_dir = rt.workdir / "grpo"
@@ -70,7 +70,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     history = [h for h in trainer.state.log_history if "reward" in h]
     last = history[-1] if history else {}
     metrics = {
-        "train_loss": float(progress.last_loss if progress.last_loss is not None else result.training_loss),
+        "train_loss": final_loss(progress, result),
         "reward_mean": float(last.get("reward", 0.0)), "reward_std": float(last.get("reward_std", 0.0)),
         "correctness_mean": float(last.get("rewards/correctness/mean", 0.0)),
         "completion_length_mean": float(last.get("completions/mean_length", 0.0)),

@@ -9,11 +9,11 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, resume_point, save_model, training_arguments
+from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
 from gradatim.trainer.packing import PackedCollator, pack_best_fit, split_long
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import load_model, load_records
+from gradatim.trainer.sources import load_all, load_model
 from gradatim.trainer.stages.sft import to_prompt_completion
 
 
@@ -48,7 +48,7 @@ def build_packs(docs: list[list[int]], max_length: int, packing: bool) -> list[l
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    records = [r for source in spec.inputs.data for r in load_records(source, store, rt.workdir, spec.seed)]
+    records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
     docs = documents(records, tokenizer)
     packs = build_packs(docs, params.max_length, params.packing)
     real_tokens = sum(len(d) for d in docs)
@@ -62,7 +62,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {
-        "train_loss": float(progress.last_loss if progress.last_loss is not None else result.training_loss),
+        "train_loss": final_loss(progress, result),
         "steps": float(trainer.state.global_step), "documents": float(len(docs)), "sequences": float(len(packs)),
         "tokens": float(trainer.state.num_input_tokens_seen or 0),
         "packing_efficiency": real_tokens / (len(packs) * params.max_length) if packs else 0.0,

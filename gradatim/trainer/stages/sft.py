@@ -10,10 +10,10 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, resume_point, save_model, training_arguments
+from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import SourceError, load_model, load_records
+from gradatim.trainer.sources import SourceError, load_all, load_model
 
 THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
@@ -38,7 +38,7 @@ def to_prompt_completion(record: dict[str, Any], system_message: str | None, thi
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    records = [r for source in spec.inputs.data for r in load_records(source, store, rt.workdir, spec.seed)]
+    records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
     rows = [to_prompt_completion(r, params.system_message, params.think_format) for r in records]
     output_dir = rt.workdir / "sft"
     args = training_arguments(params, spec, rt, output_dir, SFTConfig, max_length=params.max_length, packing=params.packing)
@@ -51,7 +51,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         raise ValueError(f"no example fits in maxLength {params.max_length} tokens with the system message; raise maxLength or shorten systemMessage")
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
-    metrics = {"train_loss": float(progress.last_loss if progress.last_loss is not None else result.training_loss),
+    metrics = {"train_loss": final_loss(progress, result),
                "steps": float(trainer.state.global_step), "examples": float(len(rows)),
                "tokens": float(trainer.state.num_input_tokens_seen or 0)}
     return reporter.results(metrics, {"model": model_uri})
