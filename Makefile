@@ -9,12 +9,13 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps crds check-crds cluster-up cluster-down quickstart test clean
+.PHONY: help venv system-deps crds monitoring check-crds cluster-up cluster-down quickstart test clean
 
 help:
 	@echo "make quickstart   bring up the embedded control plane and run the example recipe"
 	@echo "make test         run every test against a real API server, SeaweedFS and Prometheus"
 	@echo "make crds         regenerate crds/ from gradatim/api"
+	@echo "make monitoring   regenerate manifests/monitoring/ (alerts, dashboard, monitors) from gradatim/monitoring"
 
 $(STAMP): pyproject.toml
 	@echo "==> Creating $(VENV) and installing gradatim with its trainer and test extras"
@@ -33,6 +34,10 @@ system-deps:
 
 crds: venv
 	$(PY) -m gradatim crds
+
+monitoring: venv
+	$(PY) -m gradatim.monitoring.alerts
+	$(PY) -m gradatim.monitoring.monitors
 
 cluster-up: venv system-deps
 	$(PY) -m gradatim cluster up
