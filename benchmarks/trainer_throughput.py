@@ -1,0 +1,155 @@
+"""Trainer throughput, in one process, against baselines measured in the same run.
+
+1. midtrain: real (non-padding) tokens/s of our best-fit packing with the block-diagonal mask, against the same
+   documents unpacked and padded to each batch's longest (transformers' usual dynamic padding), one epoch each.
+2. sft: tokens/s of our sft stage's trainer (SFTTrainer with our config, prompt-completion rows and the
+   reporting callback), against a plain TRL SFTTrainer on the same model and data with TRL's defaults.
+
+On a GPU it also reports model FLOP/s and MFU against the detected device's peak (our reporter's figures).
+
+Usage: python benchmarks/trainer_throughput.py [--hidden 128 --layers 4 --docs 1200 --max-length 512]
+       python benchmarks/trainer_throughput.py --hidden 1024 --layers 16 --docs 8000 --max-length 2048   # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from gradatim.api.hyperparams import MidtrainParams, SFTParams  # noqa: E402
+from gradatim.api.resolved import ResolvedStageSpec  # noqa: E402
+from gradatim.trainer import tiny  # noqa: E402
+from gradatim.trainer.hf import ReportingCallback, training_arguments  # noqa: E402
+from gradatim.trainer.packing import PackedCollator  # noqa: E402
+from gradatim.trainer.report import Reporter  # noqa: E402
+from gradatim.trainer.runtime import Runtime  # noqa: E402
+from gradatim.trainer.stages.midtrain import Packs, build_packs, documents  # noqa: E402
+from gradatim.trainer.stages.sft import to_prompt_completion  # noqa: E402
+from gradatim.trainer.telemetry import Device  # noqa: E402
+
+
+class Clock(TrainerCallback):
+    """Wall time of the training loop alone (model load and data preparation excluded)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+
+
+def spec_for(type_: str, params: dict) -> ResolvedStageSpec:
+    return ResolvedStageSpec(namespace="bench", pipeline="bench", stage=type_, type=type_, attempt=1, cache_key="bench", params=params,
+                             inputs={}, output={"uri": "s3://bench/out/", "checkpointUri": "s3://bench/ckpt/"}, storage={"bucket": "bench"})
+
+
+def reporter_for(spec: ResolvedStageSpec, rt: Runtime) -> Reporter:
+    return Reporter(spec, store=None, enabled=True, serve_metrics=False, device=rt.device, world_size=rt.world_size)
+
+
+def midtrain(records, tokenizer, model_kwargs, args, rt, workdir) -> dict[str, dict[str, float]]:
+    out = {}
+    for label, packing in (("packed", True), ("padded", False)):
+        params = MidtrainParams(learning_rate=1e-3, epochs=1, batch_size=args.micro_batch, micro_batch_size=args.micro_batch,
+                                max_length=args.max_length, packing=packing, precision=args.precision, gradient_checkpointing=False)
+        model = tiny.build_model(tokenizer, seed=0, max_length=args.max_length, **model_kwargs).to(rt.device)
+        docs = documents(records, tokenizer)
+        packs = build_packs(docs, params.max_length, packing)
+        spec = spec_for("midtrain", params.model_dump())
+        reporter = reporter_for(spec, rt)
+        clock = Clock()
+        targs = training_arguments(params, spec, rt, workdir / f"midtrain-{label}", TrainingArguments, remove_unused_columns=False, disable_tqdm=True)
+        trainer = Trainer(model=model, args=targs, train_dataset=Packs(packs), data_collator=PackedCollator(tokenizer.pad_token_id, block_mask=True),
+                          callbacks=[ReportingCallback(reporter), clock])
+        trainer.train()
+        real = sum(len(d) for d in docs)
+        out[label] = {"tokens_per_second": real / clock.seconds, "seconds": clock.seconds, "sequences": len(packs), "steps": trainer.state.global_step,
+                      "mfu": _last(reporter, "mfu_ratio"), "flops": _last(reporter, "model_flops_per_second")}
+    return out
+
+
+def sft(records, tokenizer, model_kwargs, args, rt, workdir) -> dict[str, dict[str, float]]:
+    out = {}
+    params = SFTParams(learning_rate=1e-3, epochs=1, batch_size=args.micro_batch, micro_batch_size=args.micro_batch, max_length=args.max_length,
+                       precision=args.precision, gradient_checkpointing=False, system_message=None)
+    rows = [to_prompt_completion(r, None, think=True) for r in records]
+    for label in ("gradatim", "trl"):
+        model = tiny.build_model(tokenizer, seed=0, max_length=args.max_length, **model_kwargs).to(rt.device)
+        clock = Clock()
+        if label == "gradatim":
+            spec = spec_for("sft", params.model_dump())
+            reporter = reporter_for(spec, rt)
+            config = training_arguments(params, spec, rt, workdir / "sft-gradatim", SFTConfig, max_length=params.max_length, packing=False, disable_tqdm=True)
+            callbacks = [ReportingCallback(reporter), clock]
+        else:
+            reporter = None
+            bf16 = rt.device.type == "cuda" and args.precision == "bf16"
+            config = SFTConfig(output_dir=str(workdir / "sft-trl"), per_device_train_batch_size=args.micro_batch, num_train_epochs=1,
+                               learning_rate=1e-3, max_length=args.max_length, bf16=bf16, use_cpu=rt.device.type != "cuda",
+                               report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, include_num_input_tokens_seen="non_padding")
+            callbacks = [clock]
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks)
+        trainer.train()
+        tokens = float(trainer.state.num_input_tokens_seen)
+        out[label] = {"tokens_per_second": tokens / clock.seconds, "seconds": clock.seconds, "steps": trainer.state.global_step,
+                      "mfu": _last(reporter, "mfu_ratio") if reporter else math.nan,
+                      "flops": _last(reporter, "model_flops_per_second") if reporter else math.nan}
+    return out
+
+
+def _last(reporter: Reporter, gauge: str) -> float:
+    return float(reporter.gauges[gauge]._value.get())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--docs", type=int, default=1200)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    rt = Runtime.from_env()
+    tokenizer = tiny.build_tokenizer()
+    records = [p.record() | {"solution": p.solution()} for p in tiny.tiny_math("train", args.docs)]
+    model_kwargs = {"hidden": args.hidden, "layers": args.layers}
+    workdir = Path(tempfile.mkdtemp(prefix="gradatim-bench-"))
+    params_m = sum(p.numel() for p in tiny.build_model(tokenizer, **model_kwargs).parameters()) / 1e6
+    print(f"device {Device.detect(rt.device).name}; model {params_m:.1f}M parameters "
+          f"(hidden {args.hidden}, {args.layers} layers); {args.docs} documents; max length {args.max_length}; micro-batch {args.micro_batch}")
+
+    mid = midtrain(records, tokenizer, model_kwargs, args, rt, workdir)
+    for label, r in mid.items():
+        print(f"midtrain {label:8s}: {r['tokens_per_second']:10.0f} real tokens/s  {r['seconds']:7.1f} s  {r['sequences']:5d} sequences  "
+              f"{r['steps']:4d} steps  MFU {r['mfu']:.3f}  {r['flops'] / 1e12:.2f} TFLOP/s")
+    print(f"midtrain packed / padded: x{mid['packed']['tokens_per_second'] / mid['padded']['tokens_per_second']:.2f} real tokens/s")
+
+    st = sft(records, tokenizer, model_kwargs, args, rt, workdir)
+    for label, r in st.items():
+        print(f"sft {label:8s}: {r['tokens_per_second']:10.0f} tokens/s  {r['seconds']:7.1f} s  {r['steps']:4d} steps  MFU {r['mfu']:.3f}")
+    print(f"sft gradatim / plain TRL SFTTrainer: x{st['gradatim']['tokens_per_second'] / st['trl']['tokens_per_second']:.2f} tokens/s")
+    rt.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
