@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from gradatim.api.hyperparams import MidtrainParams, SFTParams  # noqa: E402
@@ -35,7 +35,7 @@ from gradatim.trainer.hf import ReportingCallback, training_arguments  # noqa: E
 from gradatim.trainer.packing import PackedCollator  # noqa: E402
 from gradatim.trainer.report import Reporter  # noqa: E402
 from gradatim.trainer.runtime import Runtime  # noqa: E402
-from gradatim.trainer.stages.midtrain import Packs, build_packs, documents  # noqa: E402
+from gradatim.trainer.stages.midtrain import PackedTrainer, Packs, build_packs, documents  # noqa: E402
 from gradatim.trainer.stages.sft import to_prompt_completion  # noqa: E402
 from gradatim.trainer.telemetry import Device  # noqa: E402
 
@@ -75,8 +75,10 @@ def midtrain(records, tokenizer, model_kwargs, args, rt, workdir) -> dict[str, d
         reporter = reporter_for(spec, rt)
         clock = Clock()
         targs = training_arguments(params, spec, rt, workdir / f"midtrain-{label}", TrainingArguments, remove_unused_columns=False, disable_tqdm=True)
-        trainer = Trainer(model=model, args=targs, train_dataset=Packs(packs), data_collator=PackedCollator(tokenizer.pad_token_id, block_mask=True),
+        trainer = PackedTrainer(model=model, args=targs, train_dataset=Packs(packs), data_collator=PackedCollator(tokenizer.pad_token_id, block_mask=True),
+                                pad_token_id=tokenizer.pad_token_id,
                           callbacks=[ReportingCallback(reporter), clock])
+        trainer.remove_callback(PrinterCallback)
         trainer.train()
         real = sum(len(d) for d in docs)
         out[label] = {"tokens_per_second": real / clock.seconds, "seconds": clock.seconds, "sequences": len(packs), "steps": trainer.state.global_step,
@@ -102,9 +104,11 @@ def sft(records, tokenizer, model_kwargs, args, rt, workdir) -> dict[str, dict[s
             bf16 = rt.device.type == "cuda" and args.precision == "bf16"
             config = SFTConfig(output_dir=str(workdir / "sft-trl"), per_device_train_batch_size=args.micro_batch, num_train_epochs=1,
                                learning_rate=1e-3, max_length=args.max_length, bf16=bf16, use_cpu=rt.device.type != "cuda",
-                               report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, include_num_input_tokens_seen="non_padding")
+                               report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+                               gradient_checkpointing=False)  # as ours: the ratio then measures our config and callbacks, not recomputation
             callbacks = [clock]
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks)
+        trainer.remove_callback(PrinterCallback)  # no log dict per step on stdout
         trainer.train()
         tokens = float(trainer.state.num_input_tokens_seen)
         out[label] = {"tokens_per_second": tokens / clock.seconds, "seconds": clock.seconds, "steps": trainer.state.global_step,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -26,6 +27,20 @@ class Packs(Dataset):
 
     def __getitem__(self, i: int) -> list[list[int]]:
         return self.packs[i]
+
+
+class PackedTrainer(Trainer):
+    """Counts the tokens of packed batches: the base class would count the elements of the 4D block mask."""
+
+    def __init__(self, *args: Any, pad_token_id: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pad_token_id = pad_token_id
+
+    def _track_num_input_tokens(self, inputs):
+        if self.args.include_num_input_tokens_seen == "no":
+            return
+        real = torch.as_tensor((inputs["input_ids"] != self.pad_token_id).sum(), device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
 
 
 def documents(records: list[dict[str, Any]], tokenizer: Any) -> list[list[int]]:
@@ -57,7 +72,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     output_dir = rt.workdir / "midtrain"
     args = training_arguments(params, spec, rt, output_dir, TrainingArguments, remove_unused_columns=False)
     progress = ReportingCallback(reporter)
-    trainer = Trainer(model=model, args=args, train_dataset=Packs(packs), data_collator=collator,
+    trainer = PackedTrainer(model=model, args=args, train_dataset=Packs(packs), data_collator=collator, pad_token_id=tokenizer.pad_token_id,
                       callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
