@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from math_verify import parse, verify
 
+from gradatim.trainer import tiny
 from gradatim.trainer.tiny import KINDS, build_model, build_tokenizer, split_of, tiny_math
 
 
@@ -43,3 +44,30 @@ def test_tiny_model_runs_a_forward_pass_with_a_loss():
     out = model(**batch, labels=batch["input_ids"])
     assert torch.isfinite(out.loss) and out.logits.shape[-1] == len(tok)
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_tiny_teacher_is_a_trained_model_that_beats_the_untrained_one_and_is_cached(tmp_path):
+    import time
+
+    from gradatim.api.hyperparams import Sampling
+    from gradatim.trainer.generation import chat_prompt, sample
+    from gradatim.trainer.rewards import is_correct
+
+    started = time.monotonic()
+    teacher, tokenizer = tiny.cached_teacher(tmp_path, seed=0)
+    trained_in = time.monotonic() - started
+    problems = tiny.tiny_math("eval", 40)
+    prompts = [chat_prompt(tokenizer, p.prompt, None) for p in problems]
+
+    def pass_at_1(model) -> float:
+        groups = sample(model, tokenizer, prompts, 1, Sampling(temperature=0.0, max_new_tokens=64), 40, seed=0)
+        return sum(is_correct(p.answer, g[0].text) for p, g in zip(problems, groups)) / len(problems)
+
+    untrained = tiny.build_model(tokenizer, seed=0, hidden=192, layers=4)
+    assert pass_at_1(untrained) == 0.0
+    assert pass_at_1(teacher) >= 0.05, "the teacher learned some arithmetic from the worked solutions"
+    groups = sample(teacher, tokenizer, prompts[:8], 1, Sampling(temperature=0.0, max_new_tokens=64), 8, seed=0)
+    assert sum(tiny.THINK in g[0].text and "\\boxed{" in g[0].text and g[0].finished for g in groups) >= 6, "it writes the trace format and stops"
+    started = time.monotonic()
+    tiny.cached_teacher(tmp_path, seed=0)
+    assert time.monotonic() - started < min(10.0, trained_in / 5), "a second load comes from the cache"
