@@ -11,6 +11,10 @@ from gradatim.api.base import API_VERSION, Model
 from gradatim.api.common import StageType
 from gradatim.api.hyperparams import PARAMS_BY_TYPE
 
+# Seconds the trainer waits at exit for one last scrape of its metrics (0: no wait). A job runner that knows
+# its Prometheus scrapes often sets it; on a cluster, set it in a stage's `env`.
+FINAL_SCRAPE_ENV = "GRADATIM_METRICS_FINAL_SCRAPE_SECONDS"
+
 
 class ProducedBy(Model):
     stage: str

@@ -47,11 +47,12 @@ def render_prometheus_config(self_address: str, sd_dir: str) -> str:
     `honor_labels`: a stage's series carry its own `namespace`, which must win over the target's."""
 
     def file_sd(job: str, pattern: str) -> dict:
-        return {"job_name": job, "honor_labels": True, "file_sd_configs": [{"files": [f"{sd_dir}/{pattern}"], "refresh_interval": "5s"}]}
+        return {"job_name": job, "honor_labels": True, "file_sd_configs": [{"files": [f"{sd_dir}/{pattern}"], "refresh_interval": "1s"}]}
 
     config = {
-        # 5s instead of the 1m default: runs are short and tests wait for the first scrape.
-        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        # 1s instead of the 1m default: local runs are short, and a stage that lives ten seconds should still
+        # leave a curve (and two samples for rate()) behind.
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [self_address]}]},
             file_sd(OPERATOR_JOB, "operator-*.json"),

@@ -27,6 +27,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from gradatim.api.resolved import FINAL_SCRAPE_ENV
 from gradatim.cluster.targets import write_targets
 from gradatim.local import kubeflow as kf
 
@@ -272,6 +273,8 @@ class JobRunner:
         if any(p.get("name") == "metrics" for p in container.get("ports") or []):
             metrics_port = free_port()  # every pod has its own IP; here every replica gets its own port
             env["GRADATIM_METRICS_PORT"] = str(metrics_port)
+            if self.sd_dir:  # our Prometheus scrapes every second: a short wait keeps a short stage's last values
+                env.setdefault(FINAL_SCRAPE_ENV, "5")
         argv = self._argv(container, mounts)
         pod_root.mkdir(parents=True, exist_ok=True)
         log_path = pod_root / "container.log"

@@ -17,6 +17,7 @@ from gradatim.api.stage import STAGE_PHASES, TrainingStage
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 STAGE_LABELS = ("namespace", "pipeline", "stage", "type")
 StageKey = tuple[str, str, str, str]  # the values of STAGE_LABELS
+RECONCILED_KINDS = ("stage", "pipeline")  # the `kind` label of the reconcile series
 
 
 class OperatorMetrics:
@@ -25,6 +26,8 @@ class OperatorMetrics:
         self.build_info.info({"version": __version__, "component": "operator"})
         self.reconciles = Counter("gradatim_reconcile", "Reconciles run, by kind and result.", ["kind", "result"], registry=registry)
         self.reconcile_errors = Counter("gradatim_reconcile_errors", "Reconciles that raised, by kind.", ["kind"], registry=registry)
+        for kind in RECONCILED_KINDS:  # at 0 from the start, so an error rate reads 0 rather than no data
+            self.reconcile_errors.labels(kind)
         self.reconcile_duration = Histogram("gradatim_reconcile_duration_seconds", "Time to reconcile one object.", ["kind"], buckets=LATENCY_BUCKETS, registry=registry)
         self.queue_depth = Gauge("gradatim_workqueue_depth", "Objects waiting to be reconciled.", registry=registry)
         self.stage_transitions = Counter("gradatim_stage_transitions", "Stage phase transitions.", ["namespace", "pipeline", "type", "phase"], registry=registry)
@@ -88,6 +91,7 @@ class OperatorMetrics:
         event instead of a series appearing from nowhere (Prometheus' advice on missing series)."""
         for counter in (self.job_creations, self.retries, self.cache_hits):
             counter.labels(namespace, pipeline, type_)
+        self.stage_duration.labels(type_)
         for result in ("passed", "failed"):
             self.gate_results.labels(namespace, pipeline, result)
         self.s3_errors.labels(namespace, pipeline, "GetObject")

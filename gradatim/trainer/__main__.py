@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         stage.run(spec, rt, store, reporter)
     finally:
         rt.close()
+        reporter.close()
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, start_http_server
 
-from gradatim.api.resolved import ResolvedStageSpec
+from gradatim.api.resolved import FINAL_SCRAPE_ENV, ResolvedStageSpec
 from gradatim.s3 import count_failures, write_json
 from gradatim.trainer.telemetry import Device, ModelFlops, device_memory
 
@@ -39,6 +39,20 @@ GAUGES = {
     "dpo_reward_margin": "DPO: mean chosen minus rejected implicit reward.",
     "dpo_reward_accuracy": "DPO: fraction of pairs whose chosen reward beats the rejected one.",
 }
+
+
+class ScrapeClock:
+    """A collector with no series that notes when /metrics was last read."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> list:
+        self.last = time.monotonic()
+        return []
 
 
 class Reporter:
@@ -71,10 +85,24 @@ class Reporter:
         info.labels(**labels, device=self.hardware.name, world_size=str(world_size)).set(1)
         self._labels = labels
         self.gauges["mfu_ratio"].set(math.nan)
-        if enabled and serve_metrics:
+        self.scrapes = ScrapeClock()
+        r.register(self.scrapes)
+        self.serving = enabled and serve_metrics
+        if self.serving:
             port = int(os.environ.get("GRADATIM_METRICS_PORT", spec.metrics_port))
             start_http_server(port, registry=r)
             log.info("Serving trainer metrics on :%d/metrics", port)
+
+    def close(self) -> None:
+        """Waits, at most GRADATIM_METRICS_FINAL_SCRAPE_SECONDS, for one scrape after the last update: a stage
+        shorter than a few scrape intervals would otherwise take its final values (a last loss, an eval's
+        pass@1) with it."""
+        wait = float(os.environ.get(FINAL_SCRAPE_ENV) or 0)
+        if not self.serving or wait <= 0:
+            return
+        finished = time.monotonic()
+        while self.scrapes.last < finished and time.monotonic() < finished + wait:
+            time.sleep(0.05)
 
     def set_model(self, model: Any) -> None:
         """Enables FLOP/s and MFU for the model being trained."""
