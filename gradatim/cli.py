@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gradatim.local.jobrunner import add_jobrunner_command
     from gradatim.operator.run import add_operator_command
+    from gradatim.report.cli import add_report_command
 
     add_operator_command(sub)
     add_jobrunner_command(sub)
+    add_report_command(sub)
 
     crds = sub.add_parser("crds", help="write the CRD YAML generated from gradatim/api")
     crds.add_argument("--out", type=Path, default=None, help="directory (default: the repo's crds/)")
