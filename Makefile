@@ -36,8 +36,7 @@ crds: venv
 	$(PY) -m gradatim crds
 
 monitoring: venv
-	$(PY) -m gradatim.monitoring.alerts
-	$(PY) -m gradatim.monitoring.monitors
+	$(PY) -m gradatim.monitoring
 
 cluster-up: venv system-deps
 	$(PY) -m gradatim cluster up

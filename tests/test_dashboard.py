@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from gradatim.monitoring.dashboard import CONFIGMAP_KEY, build_dashboard, panel_queries, render_dashboard_configmap
-from gradatim.monitoring.monitors import generated_files, render_pod_monitor, render_service_monitor, write_monitoring_files
+from gradatim.monitoring.__main__ import generated_files, write_generated_files
+from gradatim.monitoring.monitors import render_pod_monitor, render_service_monitor
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -69,8 +70,8 @@ def test_generated_files_are_fresh():
         assert path.read_text() == text, f"{relative} is stale; run `make monitoring`"
 
 
-def test_write_monitoring_files_writes_what_the_renderers_produce(tmp_path: Path):
-    written = write_monitoring_files(tmp_path)
+def test_write_generated_files_writes_what_the_renderers_produce(tmp_path: Path):
+    written = write_generated_files(tmp_path)
     expected = generated_files()
     assert sorted(written) == sorted(tmp_path / relative for relative in expected)
     assert all((tmp_path / relative).read_text() == text for relative, text in expected.items())

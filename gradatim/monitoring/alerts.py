@@ -10,7 +10,6 @@ PodMonitor that names its job differently does not silence them; only `up` needs
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -249,18 +248,3 @@ def generated_files() -> dict[Path, str]:
         RULES_FILE: HEADER + _dump(render_rules()),
         PROMETHEUS_RULE_FILE: HEADER + RELEASE_NOTE + _dump(render_prometheus_rule()),
     }
-
-
-def write_alert_files(root: Path) -> list[Path]:
-    written = []
-    for relative, text in generated_files().items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
-
-
-if __name__ == "__main__":
-    for p in write_alert_files(Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()):
-        print(f"Wrote {p}")

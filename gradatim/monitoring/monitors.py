@@ -11,7 +11,6 @@ files in manifests/monitoring/; the alert rules come from alerts.py, the kustomi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +90,3 @@ def generated_files() -> dict[Path, str]:
         MONITORING_DIR / "servicemonitor.yaml": _dump(render_service_monitor(), "monitors.py", RELEASE_COMMENT),
         MONITORING_DIR / "podmonitor.yaml": _dump(render_pod_monitor(), "monitors.py", RELEASE_COMMENT),
     }
-
-
-def write_monitoring_files(root: Path) -> list[Path]:
-    written = []
-    for relative, text in generated_files().items():
-        path = Path(root) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
-
-
-if __name__ == "__main__":
-    for p in write_monitoring_files(Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()):
-        print(f"Wrote {p}")
