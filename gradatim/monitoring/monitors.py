@@ -5,7 +5,7 @@
 exposes its rendezvous port. Both honour the series' own labels: a stage's `namespace` is the stage's namespace,
 not the namespace of the pod that reports it.
 
-`python -m gradatim.monitoring.monitors [ROOT]` (part of `make monitoring`) regenerates the dashboard and monitor
+`python -m gradatim.monitoring [ROOT]` (`make monitoring`) regenerates these dashboard and monitor
 files in manifests/monitoring/; the alert rules come from alerts.py, the kustomization is written by hand.
 """
 
