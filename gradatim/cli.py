@@ -16,9 +16,13 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from gradatim.quickstart import run_quickstart
+    from gradatim.quickstart import QuickstartError, run_quickstart
 
-    return run_quickstart(args.state_dir)
+    try:
+        return run_quickstart(args.state_dir, args.example, args.timeout)
+    except QuickstartError as err:
+        print(f"gradatim quickstart: {err}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(sub)
 
-    quick = sub.add_parser("quickstart", help="bring up the embedded control plane and apply the example recipe")
+    quick = sub.add_parser("quickstart", help="bring up the embedded control plane, run the example recipe on it and report")
     quick.add_argument("--state-dir", default=None, help="control plane state (default: ~/.gradatim/cluster)")
+    quick.add_argument("--example", type=Path, default=None, help="a recipe directory with a kustomization (default: examples/quickstart)")
+    quick.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds")
     quick.set_defaults(func=_quickstart)
 
     from gradatim.local.jobrunner import add_jobrunner_command

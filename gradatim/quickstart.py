@@ -1,20 +1,42 @@
-"""`gradatim quickstart`: the README's main command.
+"""`gradatim quickstart` (`make quickstart`): the README's main command.
 
-Brings up the embedded control plane, gives the pipeline its S3 credentials as a Secret, applies
-`examples/quickstart/` with `kubectl apply -k`, and shows what the API server holds.
+Brings up the embedded control plane, starts the operator and the local job runner next to it, gives the
+pipeline its S3 credentials as a Secret, applies `examples/quickstart/` with `kubectl apply -k`, follows the
+pipeline stage by stage in a live view, and ends with its report (HTML and plots, also published to S3).
+The control plane stays up afterwards, for kubectl and Prometheus; `gradatim cluster down` stops it.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+from kubernetes import config
+
+from gradatim import s3
+from gradatim.api import TrainingStage
 from gradatim.cluster.controlplane import ControlPlane
+from gradatim.cluster.process import stop_groups
 from gradatim.cluster.progress import ConsoleProgress
 from gradatim.cluster.state import ClusterInfo
+from gradatim.cluster.targets import operator_targets
+from gradatim.local.jobrunner import free_port
+from gradatim.operator import kube
+from gradatim.planner.graph import cache_keys
+from gradatim.planner.render import output_uri
+from gradatim.view import follow, stage_views
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
 S3_SECRET = "gradatim-s3"
+
+
+class QuickstartError(RuntimeError):
+    """A step that failed, with what the tool said."""
 
 
 def render_s3_secret(info: ClusterInfo, namespace: str) -> str:
@@ -29,18 +51,100 @@ def render_s3_secret(info: ClusterInfo, namespace: str) -> str:
     )
 
 
-def run_quickstart(state_dir: str | None = None, namespace: str = "default") -> int:
+def example_pipeline(example: Path) -> tuple[str, str]:
+    """(namespace, pipeline name) of an example directory: its kustomization's namespace, its one pipeline."""
+    namespace = (yaml.safe_load((example / "kustomization.yaml").read_text()) or {}).get("namespace", "default")
+    docs = [d for f in sorted(example.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    [name] = [d["metadata"]["name"] for d in docs if d.get("kind") == "TrainingPipeline"]
+    return namespace, name
+
+
+@contextmanager
+def background(processes: dict[str, list[str]], env: dict[str, str], logs: Path) -> Iterator[None]:
+    """Runs each command in its own process group, logging to `logs/<name>.log`, and stops them all on exit."""
+    logs.mkdir(parents=True, exist_ok=True)
+    groups = {}
+    try:
+        for name, argv in processes.items():
+            with open(logs / f"{name}.log", "ab") as out:
+                groups[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True).pid
+        yield
+    finally:
+        stop_groups(groups, grace_seconds=20)
+
+
+def run_quickstart(state_dir: str | None = None, example: Path | None = None, timeout: float | None = None) -> int:
+    example = (example or EXAMPLE).resolve()
     progress = ConsoleProgress()
     info = ControlPlane(state_dir).up(progress)
+    namespace, pipeline = example_pipeline(example)
 
     def kubectl(*args: str, stdin: str | None = None) -> str:
         cmd = [str(info.kubectl), f"--kubeconfig={info.kubeconfig}", *args]
-        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True).stdout
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+        if done.returncode:
+            raise QuickstartError(f"kubectl {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
 
-    with progress.step(f"Created Secret {S3_SECRET} with the embedded S3 credentials"):
-        kubectl("apply", "-f", "-", stdin=render_s3_secret(info, namespace))
-    with progress.step(f"Applied {EXAMPLE.relative_to(EXAMPLE.parents[1])} with kubectl apply -k"):
-        print(kubectl("apply", "-k", str(EXAMPLE)), end="")
-    print(kubectl("-n", namespace, "get", "trainingpipelines,trainingstages"), end="")
-    progress.info(f"Try: KUBECONFIG={info.kubeconfig} kubectl get tstage -o wide")
-    return 0
+    metrics_port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(info.kubeconfig), "GRADATIM_OPERATOR_METRICS_PORT": str(metrics_port)}
+    python = [sys.executable, "-m", "gradatim"]
+    logs = info.state_dir / "logs"
+    processes = {
+        "operator": [*python, "operator", "-n", namespace, "--liveness", ""],
+        "jobrunner": [*python, "jobrunner", "-n", namespace, "--workdir", str(info.state_dir / "jobs"),
+                      "--prometheus-sd-dir", str(info.prometheus_sd_dir)],
+    }
+    with background(processes, env, logs):
+        operator_targets(info.prometheus_sd_dir, "quickstart", metrics_port)
+        progress.info(f"Operator and job runner started (logs: {logs}/operator.log, jobrunner.log; trainer logs under {info.state_dir / 'jobs'})")
+        with progress.step(f"Created Secret {S3_SECRET} with the embedded S3 credentials"):
+            namespace_yaml = f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n---\n"
+            kubectl("apply", "-f", "-", stdin=namespace_yaml + render_s3_secret(info, namespace))
+        with progress.step(f"Applied {example} with kubectl apply -k"):
+            kubectl("apply", "-k", str(example), "--dry-run=server")  # all or nothing: no half-applied recipe
+            print(kubectl("apply", "-k", str(example)), end="")
+        api = config.new_client_from_config(config_file=str(info.kubeconfig))
+        store = info.s3_client()
+        phase = follow(f"TrainingPipeline {namespace}/{pipeline}", lambda: poll(api, store, namespace, pipeline), timeout=timeout)
+    report = write_report(api, namespace, pipeline, info.state_dir / "reports" / pipeline)
+    api.close()
+    print(f"\nPipeline {namespace}/{pipeline}: {phase}")
+    print(f"Report:     {report}")
+    print(f"Prometheus: {info.prometheus_url}/graph?g0.expr=gradatim_stage_phase%3D%3D1")
+    print(f"kubectl:    KUBECONFIG={info.kubeconfig} kubectl get trainingstages -o wide")
+    return 0 if phase == "Succeeded" else 1
+
+
+def poll(api, store, namespace: str, pipeline: str):
+    """(pipeline phase, stage views) as the API server and S3 have them now."""
+    body = kube.get_pipeline(api, namespace, pipeline)
+    stages = [kube.parse_stage(b) for b in kube.list_stages(api, namespace) if b.get("spec", {}).get("pipeline") == pipeline]
+    phase = ((body or {}).get("status") or {}).get("phase")
+    live = running_progress(body, stages, store, namespace) if body else {}
+    return phase, stage_views(stages, live)
+
+
+def running_progress(pipeline_body, stages: list[TrainingStage], store, namespace: str) -> dict[str, dict[str, float]]:
+    """The values in each running stage's progress.json (loss, reward), where the trainer writes them."""
+    pipeline = kube.parse_pipeline(pipeline_body)
+    keys = cache_keys({s.metadata["name"]: s for s in stages}, pipeline.spec.image)
+    live = {}
+    for stage in stages:
+        name = stage.metadata["name"]
+        if stage.status and stage.status.phase == "Running" and name in keys:
+            uri = output_uri(pipeline, namespace, pipeline.metadata["name"], name, keys[name]) + "progress.json"
+            live[name] = (s3.read_json(store, uri) or {}).get("metrics", {})
+    return live
+
+
+def write_report(api, namespace: str, pipeline: str, out: Path) -> str:
+    """Renders the report and publishes it next to the outputs; without a timestamp, so a re-run that changed
+    nothing gives the same page."""
+    from gradatim.report.collect import collect_report, publish
+    from gradatim.report.render import render_html
+
+    collected = collect_report(api, namespace, pipeline, None)
+    page = render_html(collected.report, out)
+    return f"{page}\n            {publish(collected.store, page.parent, collected.uri)}"

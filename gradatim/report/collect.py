@@ -41,8 +41,8 @@ class Collected:
     """Where the report belongs: `report_uri` of the pipeline."""
 
 
-def collect_report(api: client.ApiClient, namespace: str, name: str, now: datetime) -> Collected:
-    """The report of pipeline `name` as the API server and S3 have it now."""
+def collect_report(api: client.ApiClient, namespace: str, name: str, now: datetime | None) -> Collected:
+    """The report of pipeline `name` as the API server and S3 have it now (stamped `now`, when given)."""
     pipeline = read_pipeline(api, namespace, name)
     store = pipeline_store(api, pipeline, namespace)
     records = records_from(read_stages(api, namespace, name), results_reader(store, pipeline, namespace))

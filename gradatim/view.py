@@ -1,0 +1,143 @@
+"""The live view of a pipeline run: one row per stage (phase, progress, loss or reward, ETA, headline result),
+redrawn in place on a terminal and printed as a line per change in logs. Shared by `make quickstart` (stages
+from the API server) and `gradatim run` (stages from the local runner).
+
+`stage_views` is pure; `follow` is the loop, fed by a `poll` callable that does the I/O.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from gradatim.api.stage import TrainingStage
+from gradatim.planner.graph import stages_by_name, topological_order
+
+FINISHED = ("Succeeded", "Failed")  # pipeline phases after which there is nothing more to follow
+PHASE_STYLE = {"Running": "bold blue", "Succeeded": "green", "Cached": "green", "Failed": "bold red", "Invalid": "bold red",
+               "Blocked": "yellow", "Retrying": "yellow", "Suspended": "magenta"}
+
+
+@dataclass(frozen=True)
+class StageView:
+    name: str
+    type: str
+    phase: str
+    attempt: int
+    step: int
+    total_steps: int
+    eta_seconds: int | None
+    live: str  # the running attempt's loss or reward, from its progress.json
+    result: str  # the finished stage's headline metric
+
+    def line(self) -> str:
+        progress = f"{self.step}/{self.total_steps}" if self.total_steps else ""
+        parts = [f"{self.name:<18}", f"{self.type:<13}", f"{self.phase:<10}", progress, self.live, self.result,
+                 f"ETA {clock(self.eta_seconds)}" if self.eta_seconds and self.phase == "Running" else ""]
+        return "  ".join(p for p in parts if p).rstrip()
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def headline(type_: str, metrics: Mapping[str, float]) -> str:
+    """The one number that says how a finished stage went."""
+    if type_ == "eval" and "pass@1" in metrics:
+        low, high = metrics.get("pass@1_ci_low"), metrics.get("pass@1_ci_high")
+        ci = f" [{low:.1%}, {high:.1%}]" if low is not None and high is not None else ""
+        return f"pass@1 {metrics['pass@1']:.1%}{ci}"
+    for key, label in (("acceptance_rate", "accepted"), ("removed_fraction", "removed")):
+        if key in metrics:
+            return f"{label} {metrics[key]:.1%}"
+    for key in ("reward_mean", "reward_margin", "train_loss"):
+        if key in metrics:
+            return f"{key} {metrics[key]:.4g}"
+    return ""
+
+
+def live_values(progress_metrics: Mapping[str, float] | None) -> str:
+    """Loss for training stages, reward for GRPO, from the values in progress.json."""
+    m = progress_metrics or {}
+    parts = [f"{k} {m[k]:.4g}" for k in ("loss", "reward_mean") if k in m]
+    return "  ".join(parts)
+
+
+def stage_views(stages: Sequence[TrainingStage], live: Mapping[str, Mapping[str, float]]) -> list[StageView]:
+    """One view per stage, in pipeline order; `live` maps a running stage's name to its progress.json metrics."""
+    by_name = stages_by_name(stages)
+    views = []
+    for name in topological_order(by_name):
+        stage = by_name[name]
+        st = stage.status
+        progress = st.progress if st else None
+        phase = (st.phase if st else None) or "Pending"
+        views.append(StageView(
+            name=name, type=stage.spec.type, phase=phase, attempt=st.attempt if st else 0,
+            step=progress.step if progress else 0, total_steps=progress.total_steps if progress else 0,
+            eta_seconds=progress.eta_seconds if progress else None,
+            live=live_values(live.get(name)) if phase == "Running" else "",
+            result=headline(stage.spec.type, st.metrics) if st and phase in ("Succeeded", "Cached") else "",
+        ))
+    return views
+
+
+def table(title: str, views: Sequence[StageView]) -> Table:
+    t = Table(title=title, title_justify="left", expand=False)
+    for column in ("stage", "type", "phase", "progress", "live", "result", "ETA"):
+        t.add_column(column, no_wrap=True)
+    for v in views:
+        style = PHASE_STYLE.get(v.phase, "")
+        bar = progress_bar(v.step, v.total_steps) if v.total_steps else ""
+        eta = clock(v.eta_seconds) if v.phase == "Running" else ""
+        t.add_row(v.name, v.type, f"[{style}]{v.phase}[/]" if style else v.phase, bar, v.live, v.result, eta)
+    return t
+
+
+def progress_bar(step: int, total: int, width: int = 16) -> str:
+    done = min(width, round(width * step / total)) if total else 0
+    return f"{'█' * done}{'░' * (width - done)} {step}/{total}"
+
+
+Poll = Callable[[], tuple[str | None, list[StageView]]]  # (pipeline phase, stage views)
+
+
+def follow(title: str, poll: Poll, interval: float = 1.0, timeout: float | None = None, console: Console | None = None) -> str | None:
+    """Shows the views until the pipeline finishes (or `timeout` passes); returns the last pipeline phase.
+    On a terminal the table is redrawn in place; otherwise each stage's line is printed when it changes."""
+    console = console or Console()
+    started = time.monotonic()
+    deadline = started + timeout if timeout else None
+    phase, views = poll()
+
+    def heading() -> str:
+        return f"{title}  {phase or 'Pending'}  {clock(time.monotonic() - started)}"
+
+    if console.is_terminal:
+        with Live(table(heading(), views), console=console, refresh_per_second=4) as live:
+            while phase not in FINISHED and (deadline is None or time.monotonic() < deadline):
+                time.sleep(interval)
+                phase, views = poll()
+                live.update(table(heading(), views))
+        return phase
+    shown: dict[str, str] = {}
+    while True:
+        for v in views:
+            # Progress changes often; print a running stage at most every ~10% so logs stay readable.
+            key = f"{v.phase} {v.step * 10 // v.total_steps if v.total_steps else 0} {v.result}"
+            if shown.get(v.name) != key:
+                shown[v.name] = key
+                print(f"[{clock(time.monotonic() - started)}] {v.line()}", file=console.file or sys.stdout, flush=True)
+        if phase in FINISHED or (deadline is not None and time.monotonic() >= deadline):
+            return phase
+        time.sleep(interval)
+        phase, views = poll()

@@ -1,0 +1,121 @@
+"""`gradatim quickstart` end to end on the test cluster (a small recipe in the same shape as the example, so it
+runs in a minute), and the live view's rows."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from gradatim.api import TrainingStage
+from gradatim.quickstart import EXAMPLE, example_pipeline
+from gradatim.view import follow, headline, stage_views
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = {"maxSteps": 4, "batchSize": 8, "microBatchSize": 4, "maxLength": 256, "precision": "fp32", "gradientCheckpointing": False}
+
+
+def small_recipe(root: Path, namespace: str) -> Path:
+    """The example's pipeline with three of its stage types, small enough for a test."""
+    root.mkdir(parents=True)
+    (root / "kustomization.yaml").write_text(yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                                                             "namespace": namespace, "resources": ["pipeline.yaml", "stages.yaml"]}))
+    (root / "pipeline.yaml").write_text((EXAMPLE / "pipeline.yaml").read_text().replace("name: mini-reasoning", "name: small"))
+    evals = [{"builtin": "tiny-math:eval:8", "name": "math"}]
+
+    def stage(name: str, type_: str, spec: dict) -> dict:
+        return {"apiVersion": "gradatim.io/v1alpha1", "kind": "TrainingStage", "metadata": {"name": name},
+                "spec": {"pipeline": "small", "type": type_, **spec}}
+
+    stages = [
+        stage("decontaminate", "decontaminate", {"inputs": {"data": [{"builtin": "tiny-math:train:32"}], "evalData": evals}, "decontaminate": {}}),
+        stage("midtrain", "midtrain", {"dependsOn": ["decontaminate"], "inputs": {"model": {"builtin": "tiny-model"}, "data": [{"fromStage": "decontaminate"}]},
+                                       "midtrain": TRAIN}),
+        stage("eval-midtrain", "eval", {"dependsOn": ["midtrain"], "inputs": {"model": {"fromStage": "midtrain"}, "evalData": evals},
+                                        "eval": {"samplesPerProblem": 2, "maxNewTokens": 16, "systemMessage": "Think."}}),
+    ]
+    (root / "stages.yaml").write_text(yaml.safe_dump_all(stages))
+    return root
+
+
+def quickstart(cluster, example: Path) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "gradatim", "quickstart", "--state-dir", str(cluster.state_dir), "--example", str(example), "--timeout", "600"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO)
+
+
+def test_quickstart_runs_the_recipe_follows_it_and_reports(cluster, tmp_path):
+    example = small_recipe(tmp_path / "recipe", f"qs-{time.monotonic_ns() % 100000}")
+    first = quickstart(cluster, example)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    out = first.stdout
+    for stage in ("decontaminate", "midtrain", "eval-midtrain"):
+        assert any(stage in line and "Running" in line for line in out.splitlines()), f"the view never showed {stage} running:\n{out}"
+        assert any(stage in line and "Succeeded" in line for line in out.splitlines()), out
+    assert "loss " in out and "pass@1 " in out, out
+    page = Path(next(line.split()[-1] for line in out.splitlines() if line.startswith("Report:")))
+    html = page.read_text()
+    assert "eval-midtrain" in html and "midtrain" in html and (page.parent / "loss.png").exists()
+    ns, name = example_pipeline(example)
+    body = cluster.s3_client().get_object(Bucket=cluster.s3_bucket, Key=f"{ns}/{name}/report/index.html")["Body"].read().decode()
+    assert body == html
+
+    digest = hashlib.sha256(page.read_bytes()).hexdigest()
+    started = time.monotonic()
+    again = quickstart(cluster, example)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert time.monotonic() - started < 60, "a re-run should have nothing to do"
+    assert "Running" not in again.stdout
+    assert hashlib.sha256(page.read_bytes()).hexdigest() == digest, "a re-run that changed nothing changed the report"
+
+
+def test_quickstart_names_the_field_of_a_bad_recipe(cluster, tmp_path):
+    example = small_recipe(tmp_path / "recipe", "qs-bad")
+    stages = list(yaml.safe_load_all((example / "stages.yaml").read_text()))
+    del stages[0]["spec"]["decontaminate"]
+    (example / "stages.yaml").write_text(yaml.safe_dump_all(stages))
+    result = quickstart(cluster, example)
+    assert result.returncode == 1
+    assert "spec.decontaminate: Required value" in result.stderr, result.stderr[-3000:]
+
+
+def stage(name: str, type_: str, deps: list[str], status: dict | None) -> TrainingStage:
+    inputs = {"model": {"builtin": "tiny-model"}, "evalData": [{"builtin": "tiny-math:eval"}]} if type_ == "eval" else {
+        "model": {"builtin": "tiny-model"}, "data": [{"builtin": "tiny-math:train"}]}
+    return TrainingStage.model_validate({"metadata": {"name": name, "namespace": "ns"}, "status": status,
+                                         "spec": {"pipeline": "p", "type": type_, "dependsOn": deps, "inputs": inputs, type_: {}}})
+
+
+def test_stage_views_are_in_pipeline_order_with_live_values_and_results():
+    stages = [
+        stage("eval", "eval", ["sft"], None),
+        stage("sft", "sft", [], {"phase": "Running", "attempt": 2, "progress": {"step": 5, "totalSteps": 20, "percent": 25, "etaSeconds": 75}}),
+    ]
+    views = stage_views(stages, {"sft": {"loss": 1.25, "learning_rate": 1e-3}})
+    assert [v.name for v in views] == ["sft", "eval"]
+    sft, ev = views
+    assert (sft.phase, sft.step, sft.total_steps, sft.eta_seconds, sft.live, sft.attempt) == ("Running", 5, 20, 75, "loss 1.25", 2)
+    assert ev.phase == "Pending" and ev.live == "" and ev.result == ""
+    assert "ETA 1:15" in sft.line()
+    done = stage_views([stage("eval", "eval", [], {"phase": "Succeeded", "metrics": {"pass@1": 0.25, "pass@1_ci_low": 0.2, "pass@1_ci_high": 0.3}})], {})
+    assert done[0].result == "pass@1 25.0% [20.0%, 30.0%]"
+    assert headline("generate", {"acceptance_rate": 0.5}) == "accepted 50.0%"
+
+
+def test_follow_prints_a_line_per_change_without_a_terminal():
+    states = iter([("Running", "Running", 1), ("Running", "Running", 1), ("Succeeded", "Succeeded", 4)])
+
+    def poll():
+        phase, stage_phase, step = next(states)
+        s = stage("sft", "sft", [], {"phase": stage_phase, "progress": {"step": step, "totalSteps": 4, "percent": 25 * step}})
+        return phase, stage_views([s], {})
+
+    buffer = io.StringIO()
+    assert follow("p", poll, interval=0, console=Console(file=buffer, force_terminal=False)) == "Succeeded"
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 2 and "Running" in lines[0] and "1/4" in lines[0] and "Succeeded" in lines[1]
