@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,18 @@ class Harness:
 
     def metrics(self) -> str:
         return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+
+
+@contextmanager
+def running_harness(cluster: Any, kube: client.ApiClient, workdir: Path, prefix: str) -> Iterator[Harness]:
+    """A fresh namespace with the S3 Secret, an operator and a job runner watching it; all gone afterwards."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
+    harness = Harness(cluster, kube, ns, workdir)
+    harness.s3_secret()
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+        client.CoreV1Api(kube).delete_namespace(ns)

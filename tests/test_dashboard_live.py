@@ -9,16 +9,14 @@ import math
 import time
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
-from kubernetes import client
 
 from gradatim.monitoring.dashboard import build_dashboard, panel_queries
 from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.sources import write_jsonl
 from gradatim.trainer.tiny import tiny_math
-from tests.operator_harness import Harness
+from tests.operator_harness import Harness, running_harness
 
 TRAINER_IMAGE = "ghcr.io/gradatim/trainer:0.1.0"  # the rendered command runs `-m gradatim.trainer` itself
 TRAIN = {"learningRate": 1e-3, "batchSize": 8, "microBatchSize": 4, "maxSteps": 6, "maxLength": 256, "precision": "fp32",
@@ -29,14 +27,8 @@ NAN_ON_CPU = {"MFU"}
 
 @pytest.fixture(scope="module")
 def h(cluster, kube, tmp_path_factory):
-    ns = f"dash-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
-    harness = Harness(cluster, kube, ns, tmp_path_factory.mktemp("dashboard"))
-    harness.s3_secret()
-    harness.start()
-    yield harness
-    harness.stop()
-    client.CoreV1Api(kube).delete_namespace(ns)
+    with running_harness(cluster, kube, tmp_path_factory.mktemp("dashboard"), "dash") as harness:
+        yield harness
 
 
 def planted_pairs(cluster, tmp_path, ns: str) -> str:

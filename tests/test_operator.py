@@ -8,26 +8,19 @@ import random
 import time
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
 from kubernetes import client
 
 from gradatim import s3
 from gradatim.local.jobrunner import free_port
-from tests.operator_harness import Harness
+from tests.operator_harness import running_harness
 
 
 @pytest.fixture(scope="module")
 def h(cluster, kube, tmp_path_factory):
-    ns = f"op-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
-    harness = Harness(cluster, kube, ns, tmp_path_factory.mktemp("operator"))
-    harness.s3_secret()
-    harness.start()
-    yield harness
-    harness.stop()
-    client.CoreV1Api(kube).delete_namespace(ns)
+    with running_harness(cluster, kube, tmp_path_factory.mktemp("operator"), "op") as harness:
+        yield harness
 
 
 def s3_client(cluster):
