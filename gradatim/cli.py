@@ -40,11 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_quickstart)
 
     from gradatim.local.jobrunner import add_jobrunner_command
+    from gradatim.local.run import add_run_command
     from gradatim.operator.run import add_operator_command
     from gradatim.report.cli import add_report_command
 
     add_operator_command(sub)
     add_jobrunner_command(sub)
+    add_run_command(sub)
     add_report_command(sub)
 
     crds = sub.add_parser("crds", help="write the CRD YAML generated from gradatim/api")

@@ -1,9 +1,10 @@
 """`gradatim jobrunner`: stands in for the Kubeflow training operator and the kubelet on a machine without them.
 
-It watches PyTorchJobs on the API server and runs each replica as a local `torchrun` process with the env
-Kubeflow injects (master on loopback), the pod's ConfigMap volumes written to files and its Secret
-references resolved into env, and it writes the status conditions and replica statuses Kubeflow writes.
-The semantics it copies are listed, with links, in `gradatim/local/kubeflow.py`.
+It watches PyTorchJobs on the API server and hands each to `processes.JobProcesses`, which runs each replica
+as a local `torchrun` process with the env Kubeflow injects (master on loopback), the pod's ConfigMap volumes
+written to files and its Secret references resolved into env (here: read from the API server); it writes back
+the status conditions and replica statuses Kubeflow writes. The semantics it copies are listed, with links, in
+`gradatim/local/kubeflow.py`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,8 @@ import json
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,66 +23,39 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gradatim.api.resolved import FINAL_SCRAPE_ENV
-from gradatim.cluster.targets import write_targets
-from gradatim.local import kubeflow as kf
+from gradatim.local.processes import JobProcesses, LocalJob, Resolvers, free_port
+
+__all__ = ["JobRunner", "LocalJob", "add_jobrunner_command", "free_port"]
 
 log = logging.getLogger("gradatim.jobrunner")
 
-KILL_GRACE_SECONDS = 5.0
 
+def api_resolvers(core: client.CoreV1Api) -> Resolvers:
+    """ConfigMaps and Secrets read from the API server, as the kubelet reads them."""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def config_map(ns: str, name: str) -> Mapping[str, str] | None:
+        try:
+            return core.read_namespaced_config_map(name, ns).data or {}
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
 
+    def secret(ns: str, name: str) -> Mapping[str, bytes] | None:
+        try:
+            data = core.read_namespaced_secret(name, ns).data or {}
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return {key: base64.b64decode(value) for key, value in data.items()}
 
-@dataclass
-class Replica:
-    rtype: str
-    index: int
-    process: subprocess.Popen
-    log_path: Path
-    metrics_port: int | None = None
-
-
-@dataclass
-class LocalJob:
-    """The processes of one PyTorchJob."""
-
-    namespace: str
-    name: str
-    uid: str
-    replicas: list[Replica] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    restarts: int = 0
-    master_port: int = 0
-
-    def exit_codes(self) -> dict[tuple[str, int], int | None]:
-        return {(r.rtype, r.index): r.process.poll() for r in self.replicas}
-
-    def kill(self) -> None:
-        live = [r for r in self.replicas if r.process.poll() is None]
-        for r in live:
-            _signal_group(r.process, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
-        for r in live:
-            try:
-                r.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(r.process, signal.SIGKILL)
-                r.process.wait()
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
+    return Resolvers(config_map, secret)
 
 
 class JobRunner:
+    """Watches PyTorchJobs on the API server, runs them with `JobProcesses` and writes their status back."""
+
     def __init__(
         self,
         api: client.ApiClient,
@@ -99,14 +68,14 @@ class JobRunner:
     ) -> None:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.workdir = Path(workdir)
         self.namespace = namespace
-        self.image_modules = dict(image_modules or {})
-        self.extra_env = dict(extra_env or {})
-        self.sd_dir = prometheus_sd_dir
         self.poll_seconds = poll_seconds
-        self.jobs: dict[str, LocalJob] = {}
+        self.processes = JobProcesses(workdir, api_resolvers(client.CoreV1Api(api)), image_modules, extra_env, prometheus_sd_dir)
+
+    @property
+    def jobs(self) -> dict[str, LocalJob]:
+        """The running jobs' processes, by job uid."""
+        return self.processes.jobs
 
     # -- loop -------------------------------------------------------------------------------------------
 
@@ -120,9 +89,7 @@ class JobRunner:
                     log.warning("Job runner step failed: %s", err)
                 stop.wait(self.poll_seconds)
         finally:
-            for job in self.jobs.values():
-                job.kill()
-                self._remove_targets(job)
+            self.processes.stop_all()
 
     def step(self) -> None:
         if self.namespace:
@@ -134,108 +101,15 @@ class JobRunner:
             seen.add(job["metadata"]["uid"])
             self.sync(job)
         for uid in [u for u in self.jobs if u not in seen]:  # deleted: stop its processes
-            local = self.jobs.pop(uid)
+            local = self.jobs[uid]
             log.info("PyTorchJob %s/%s was deleted; stopping its processes", local.namespace, local.name)
-            local.kill()
-            self._remove_targets(local)
-
-    # -- one job ----------------------------------------------------------------------------------------
+            self.processes.stop(uid)
 
     def sync(self, job: dict[str, Any]) -> None:
-        meta = job["metadata"]
-        name, uid = meta["name"], meta["uid"]
-        now = datetime.now(timezone.utc)
-        msg = kf.messages(name)
-        status = job.get("status") or {}
-        before = json.dumps(status, sort_keys=True)
-        local = self.jobs.get(uid)
-
-        if kf.has_condition(status, "Failed") or kf.has_condition(status, "Succeeded"):
-            if local is not None:
-                local.kill()
-                self._remove_targets(self.jobs.pop(uid))
-            return
-        if not any(c.get("type") == "Created" for c in status.get("conditions") or []):
-            status = kf.set_condition(status, "Created", True, kf.reason("Created"), msg["Created"], now)
-
-        policy = kf.run_policy(job)
-        if policy.get("suspend"):
-            if local is not None:
-                local.kill()
-                self._remove_targets(self.jobs.pop(uid))
-            if not kf.has_condition(status, "Suspended"):
-                status = kf.set_condition(status, "Running", False, kf.reason("Suspended"), msg["Suspended"], now)
-                status = kf.set_condition(status, "Suspended", True, kf.reason("Suspended"), msg["Suspended"], now)
-                status["replicaStatuses"] = {t: {"active": 0} for t in kf.replica_counts(job)}
-        else:
-            if kf.has_condition(status, "Suspended"):
-                status = kf.set_condition(status, "Suspended", False, kf.reason("Resumed"), msg["Resumed"], now)
-                status.pop("startTime", None)
-            if local is None:
-                if kf.has_condition(status, "Running"):  # running before, but its processes are gone (runner restart)
-                    status = kf.set_condition(status, "Failed", True, kf.reason("Failed"), f"PyTorchJob {name} is failed because its replicas were lost.", now)
-                else:
-                    local = self._start(job)
-                    self.jobs[uid] = local
-                    status["startTime"] = status.get("startTime") or kf._ts(now)
-                    status = kf.set_condition(status, "Running", True, kf.reason("Running"), msg["Running"], now)
-                    status["replicaStatuses"] = {t: {"active": n} for t, n in kf.replica_counts(job).items()}
-            else:
-                status = self._check(job, local, status, now)
-
-        if json.dumps(status, sort_keys=True) != before:
+        before = job.get("status") or {}
+        status = self.processes.sync(job, datetime.now(timezone.utc))
+        if json.dumps(status, sort_keys=True) != json.dumps(before, sort_keys=True):
             self._write_status(job, status)
-
-    def _check(self, job: dict[str, Any], local: LocalJob, status: dict[str, Any], now: datetime) -> dict[str, Any]:
-        name = job["metadata"]["name"]
-        deadline = kf.run_policy(job).get("activeDeadlineSeconds")
-        codes = local.exit_codes()
-        failed = [k for k, c in codes.items() if c not in (None, 0)]
-        master_done = codes.get(("Master", 0)) == 0
-        counts = kf.replica_counts(job)
-        retryable = [k for k in failed if kf.should_restart(job, k[0], codes[k])]
-        backoff_limit = kf.run_policy(job).get("backoffLimit")
-        if deadline and time.monotonic() - local.started > float(deadline):
-            status = kf.set_condition(status, "Failed", True, kf.reason("Failed"), kf.messages(name)["Deadline"], now)
-        elif failed and len(retryable) == len(failed) and (backoff_limit is None or local.restarts < int(backoff_limit)):
-            rtype = failed[0][0]
-            for key in failed:
-                self._restart_replica(job, local, key)
-            return kf.set_condition(status, "Restarting", True, kf.reason("Restarting"),
-                                    f"PyTorchJob {name} is restarting because {len(failed)} {rtype} replica(s) failed.", now)
-        elif failed and retryable:
-            status = kf.set_condition(status, "Failed", True, kf.reason("Failed"), kf.messages(name)["Backoff"], now)
-        elif failed:
-            rtype = failed[0][0]
-            n = sum(1 for k in failed if k[0] == rtype)
-            status = kf.set_condition(status, "Failed", True, kf.reason("Failed"), f"PyTorchJob {name} is failed because {n} {rtype} replica(s) failed.", now)
-        elif kf.has_condition(status, "Restarting") and all(c is None for c in codes.values()):
-            return kf.set_condition(status, "Running", True, kf.reason("Running"), kf.messages(name)["Running"], now)
-        elif master_done:
-            status = kf.set_condition(status, "Succeeded", True, kf.reason("Succeeded"), kf.messages(name)["Succeeded"], now)
-        else:
-            return status
-        # Finished: stop what still runs, and move active counts over as Kubeflow does.
-        local.kill()
-        codes = local.exit_codes()
-        status["replicaStatuses"] = {
-            t: {"active": 0,
-                "succeeded": sum(1 for (rt, _), c in codes.items() if rt == t and (c == 0 or (master_done and not failed))),
-                "failed": sum(1 for (rt, _), c in codes.items() if rt == t and c not in (0, None) and not master_done)}
-            for t in counts
-        }
-        status["completionTime"] = kf._ts(now)
-        self._remove_targets(self.jobs.pop(job["metadata"]["uid"]))
-        return status
-
-    def _restart_replica(self, job: dict[str, Any], local: LocalJob, key: tuple[str, int]) -> None:
-        rtype, index = key
-        old = next(r for r in local.replicas if (r.rtype, r.index) == key)
-        spec = job["spec"]["pytorchReplicaSpecs"][rtype]
-        new = self._start_replica(job, rtype, index, spec["template"], local.master_port, old.log_path.parent)
-        local.replicas[local.replicas.index(old)] = new
-        local.restarts += 1
-        log.info("Restarted %s-%d of PyTorchJob %s/%s (restart %d)", rtype, index, local.namespace, local.name, local.restarts)
 
     def _write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
@@ -244,129 +118,6 @@ class JobRunner:
         except ApiException as err:
             if err.status != 404:
                 raise
-
-    # -- starting replicas ------------------------------------------------------------------------------
-
-    def _start(self, job: dict[str, Any]) -> LocalJob:
-        meta = job["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        port = free_port()
-        local = LocalJob(ns, name, meta["uid"], master_port=port)
-        root = self.workdir / ns / name
-        for rtype, spec in (job["spec"].get("pytorchReplicaSpecs") or {}).items():
-            for index in range(int(spec.get("replicas", 1))):
-                local.replicas.append(self._start_replica(job, rtype, index, spec["template"], port, root / kf.pod_name(name, rtype, index)))
-        log.info("Started PyTorchJob %s/%s: %d replica(s), logs in %s", ns, name, len(local.replicas), root)
-        self._write_targets(local)
-        return local
-
-    def _start_replica(self, job: dict[str, Any], rtype: str, index: int, template: dict[str, Any], port: int, pod_root: Path) -> Replica:
-        ns = job["metadata"]["namespace"]
-        pod = template.get("spec") or {}
-        container = next(c for c in pod["containers"] if c["name"] == "pytorch")
-        mounts = self._materialise_volumes(ns, pod, container, pod_root)
-        env = dict(os.environ)
-        env.update(self.extra_env)
-        env.update(self._container_env(ns, container))
-        env.update(kf.replica_env(job, rtype, index, "127.0.0.1", port))
-        metrics_port = None
-        if any(p.get("name") == "metrics" for p in container.get("ports") or []):
-            metrics_port = free_port()  # every pod has its own IP; here every replica gets its own port
-            env["GRADATIM_METRICS_PORT"] = str(metrics_port)
-            if self.sd_dir:  # our Prometheus scrapes every second: a short wait keeps a short stage's last values
-                env.setdefault(FINAL_SCRAPE_ENV, "5")
-        argv = self._argv(container, mounts)
-        pod_root.mkdir(parents=True, exist_ok=True)
-        log_path = pod_root / "container.log"
-        with open(log_path, "ab") as out:
-            process = subprocess.Popen(argv, env=env, cwd=pod_root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        return Replica(rtype, index, process, log_path, metrics_port)
-
-    def _argv(self, container: dict[str, Any], mounts: Mapping[str, Path]) -> list[str]:
-        argv = [*container.get("command", []), *container.get("args", [])]
-        if not argv:
-            raise ValueError(f"container {container['name']} has no command")
-        if argv[0] == "torchrun":
-            argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
-        module = self.image_modules.get(container.get("image", ""))
-        if module and "-m" in argv[3:]:
-            i = argv.index("-m", 3)
-            argv[i + 1] = module  # what this image's entrypoint module is, on this machine
-        out = []
-        for arg in argv:
-            for mount, local in mounts.items():
-                if arg == mount or arg.startswith(mount.rstrip("/") + "/"):
-                    arg = str(local) + arg[len(mount.rstrip("/")):]
-            out.append(arg)
-        return out
-
-    def _materialise_volumes(self, ns: str, pod: dict[str, Any], container: dict[str, Any], pod_root: Path) -> dict[str, Path]:
-        volumes = {v["name"]: v for v in pod.get("volumes") or []}
-        mounts: dict[str, Path] = {}
-        for mount in container.get("volumeMounts") or []:
-            path = mount["mountPath"]
-            if path == "/dev/shm":
-                continue
-            volume = volumes.get(mount["name"], {})
-            local = pod_root / "mounts" / path.strip("/")
-            local.mkdir(parents=True, exist_ok=True)
-            if "configMap" in volume:
-                cm = self.core.read_namespaced_config_map(volume["configMap"]["name"], ns)
-                for key, value in (cm.data or {}).items():
-                    (local / key).write_text(value)
-            elif "secret" in volume:
-                secret = self.core.read_namespaced_secret(volume["secret"]["secretName"], ns)
-                for key, value in (secret.data or {}).items():
-                    (local / key).write_bytes(base64.b64decode(value))
-            mounts[path] = local
-        return mounts
-
-    def _container_env(self, ns: str, container: dict[str, Any]) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for var in container.get("env") or []:
-            if "value" in var:
-                env[var["name"]] = str(var["value"])
-                continue
-            ref = (var.get("valueFrom") or {})
-            if "secretKeyRef" in ref:
-                sk = ref["secretKeyRef"]
-                try:
-                    data = self.core.read_namespaced_secret(sk["name"], ns).data or {}
-                except ApiException as err:
-                    if err.status == 404 and sk.get("optional"):
-                        continue
-                    raise
-                if sk["key"] in data:
-                    env[var["name"]] = base64.b64decode(data[sk["key"]]).decode()
-                elif not sk.get("optional"):
-                    raise KeyError(f"Secret {sk['name']} has no key {sk['key']}")
-            elif "configMapKeyRef" in ref:
-                ck = ref["configMapKeyRef"]
-                data = self.core.read_namespaced_config_map(ck["name"], ns).data or {}
-                if ck["key"] in data:
-                    env[var["name"]] = data[ck["key"]]
-        return env
-
-    # -- Prometheus file-based service discovery ---------------------------------------------------------
-
-    def _targets_path(self, local: LocalJob) -> Path | None:
-        return self.sd_dir / f"pytorchjob_{local.namespace}_{local.name}.json" if self.sd_dir else None
-
-    def _write_targets(self, local: LocalJob) -> None:
-        path = self._targets_path(local)
-        if path is None:
-            return
-        groups = [
-            {"targets": [f"127.0.0.1:{r.metrics_port}"],
-             "labels": {"namespace": local.namespace, "pytorchjob": local.name, "replica_type": r.rtype.lower(), "replica_index": str(r.index)}}
-            for r in local.replicas if r.metrics_port
-        ]
-        write_targets(path, groups)
-
-    def _remove_targets(self, local: LocalJob) -> None:
-        path = self._targets_path(local)
-        if path is not None:
-            path.unlink(missing_ok=True)
 
 
 def add_jobrunner_command(subparsers) -> None:
