@@ -4,13 +4,16 @@ including the multi-node shapes of the full-scale examples."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
 from gradatim.api import TrainingPipeline, TrainingStage
-from gradatim.planner.render import render_pytorchjob
+from gradatim.api.hyperparams import PHI4_REASONING_SYSTEM_MESSAGE
+from gradatim.api.resolved import ResolvedStageSpec
+from gradatim.planner.render import Upstream, render_pytorchjob, render_stage_spec
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = ["quickstart", "phi4-mini-reasoning", "phi4-reasoning"]
@@ -36,20 +39,116 @@ def test_rendered_jobs_pass_kubeflow_schema(kube, example):
         assert stored["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
 
 
-def test_full_scale_shapes(kube):
-    pipe, stages = load("phi4-mini-reasoning")
-    by_name = {s.metadata["name"]: s for s in stages}
-    mid = render_pytorchjob(by_name["midtrain"], pipe, key="k", attempt=1, configmap="c", suspend=True)
-    spec = mid["spec"]
-    assert spec["nprocPerNode"] == "8" and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 15  # 16 nodes x 8 = 128 H100
-    container = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "ghcr.io/gradatim/trainer:0.1.0" and container["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    assert container["command"] == ["torchrun", "-m", "gradatim.trainer", "--spec", "/etc/gradatim/stage.json"]
-    shm = next(v for v in spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["volumes"] if v["name"] == "dshm")
-    assert shm["emptyDir"]["sizeLimit"] == "256Gi"
-    assert mid["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
-    ev = render_pytorchjob(by_name["eval-sft"], pipe, key="k", attempt=1, configmap="c", suspend=True)
-    assert "Worker" not in ev["spec"]["pytorchReplicaSpecs"]
-    pipe14, stages14 = load("phi4-reasoning")
-    grpo = render_pytorchjob({s.metadata["name"]: s for s in stages14}["grpo"], pipe14, key="k", attempt=1, configmap="c", suspend=False)
-    assert grpo["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3  # 4 nodes x 8 = 32 H100
+# The full-scale examples, stage by stage: (nodes, GPUs per node) of the planned PyTorchJob. Every stage shares the
+# pipeline's image, /dev/shm and Kueue queue. Phi-4-mini-reasoning: 128 H100 = 16 x 8; Phi-4-reasoning(-plus): 32 = 4 x 8.
+FULL_SCALE = {
+    "phi4-mini-reasoning": {
+        "decontaminate": (1, 0), "midtrain": (16, 8), "eval-midtrain": (1, 8), "sft": (16, 8), "eval-sft": (1, 8),
+        "decontaminate-pairs": (1, 0), "dpo": (16, 8), "eval-dpo": (1, 8), "rl-prompts": (4, 8), "grpo": (16, 8),
+        "eval-grpo": (1, 8),
+    },
+    "phi4-reasoning": {
+        "decontaminate": (1, 0), "sft": (4, 8), "eval-sft": (1, 8), "eval-sft-aime25": (1, 8), "grpo": (4, 8),
+        "eval-grpo": (1, 8), "eval-grpo-aime25": (1, 8),
+    },
+}
+FULL_SCALE_CASES = [(example, stage) for example, stages in FULL_SCALE.items() for stage in stages]
+IMAGE, SHM, QUEUE = "ghcr.io/gradatim/trainer:0.1.0", "256Gi", "gpu-training"
+COMMAND = ["torchrun", "-m", "gradatim.trainer", "--spec", "/etc/gradatim/stage.json"]
+OUTPUTS = ("model", "traces", "pairs", "prompts", "data", "results")
+
+MINI_SYSTEM = "Your name is Phi, an AI math expert developed by Microsoft."  # the Phi-4-mini-reasoning chat template's
+MINI_EVAL = {"samples_per_problem": 3, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 32768, "system_message": MINI_SYSTEM}
+PHI4_EVAL = {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "max_new_tokens": 32768, "system_message": PHI4_REASONING_SYSTEM_MESSAGE}
+
+# Stage -> (the model it starts from, the facts of ../shared/recipes.md its typed hyperparameters must carry).
+# Dotted keys reach into nested blocks. Decontamination settings are ours: neither report gives any.
+RECIPES = {
+    "phi4-mini-reasoning": {
+        "decontaminate": (None, {}),
+        "midtrain": ("hf:microsoft/Phi-4-mini-instruct",
+                     {"max_length": 16384, "batch_size": 128, "learning_rate": 1e-5, "epochs": 5, "warmup_ratio": 0.1, "packing": True}),
+        "eval-midtrain": ("stage:midtrain", MINI_EVAL),
+        "sft": ("stage:midtrain",
+                {"max_length": 20480, "batch_size": 128, "learning_rate": 1e-5, "epochs": 5, "packing": False, "system_message": MINI_SYSTEM}),
+        "eval-sft": ("stage:sft", MINI_EVAL),
+        "decontaminate-pairs": (None, {}),
+        "dpo": ("stage:sft", {"max_length": 16384, "learning_rate": 5e-7, "epochs": 1}),
+        "eval-dpo": ("stage:dpo", MINI_EVAL),
+        # The RL prompt filter: drop prompts whose group accuracy is above 50%.
+        "rl-prompts": ("stage:dpo", {"pass_rate_band.max": 0.5, "temperature": 1.0, "max_new_tokens": 25600, "system_message": MINI_SYSTEM}),
+        "grpo": ("stage:dpo", {"learning_rate": 5e-7, "max_completion_length": 25600, "temperature": 1.0, "system_message": MINI_SYSTEM,
+                               "rewards.correctness": 1.0, "rewards.repetition": 0.0, "rewards.length_aware.enabled": False}),
+        "eval-grpo": ("stage:grpo", MINI_EVAL),
+    },
+    "phi4-reasoning": {
+        "decontaminate": (None, {}),
+        # packing is derived, not reported: 16K steps x 32 sequences reach 16B tokens only with ~32K-token sequences.
+        "sft": ("hf:microsoft/phi-4",
+                {"learning_rate": 1e-5, "warmup_ratio": 450 / 16000, "weight_decay": 1e-4, "max_steps": 16000, "batch_size": 32,
+                 "max_length": 32768, "packing": True, "think_format": True, "system_message": PHI4_REASONING_SYSTEM_MESSAGE}),
+        "eval-sft": ("stage:sft", PHI4_EVAL | {"samples_per_problem": 5}),
+        "eval-sft-aime25": ("stage:sft", PHI4_EVAL | {"samples_per_problem": 50}),
+        "grpo": ("stage:sft",
+                 {"num_generations": 8, "batch_size": 64 * 8, "learning_rate": 5e-8, "lr_scheduler": "cosine", "warmup_ratio": 10 / 125,
+                  "max_steps": 125, "beta": 0.001, "max_completion_length": 31744, "max_length": 32768,
+                  "system_message": PHI4_REASONING_SYSTEM_MESSAGE, "rewards.correctness": 8 / 13, "rewards.repetition": 1 / 13,
+                  "rewards.length_aware.max_length": 31744, "rewards.length_aware.positive_control_length": 25600,
+                  "rewards.length_aware.negative_control_length": 3702, "rewards.length_aware.correct_max": 1.0,
+                  "rewards.length_aware.correct_min": 0.5, "rewards.length_aware.incorrect_max": -0.5,
+                  "rewards.length_aware.incorrect_min": -1.0, "rewards.repetition_penalty.ngram_size": 5}),
+        "eval-grpo": ("stage:grpo", PHI4_EVAL | {"samples_per_problem": 5}),
+        "eval-grpo-aime25": ("stage:grpo", PHI4_EVAL | {"samples_per_problem": 50}),
+    },
+}
+
+
+def full_scale_stage(example: str, name: str) -> tuple[TrainingPipeline, TrainingStage, dict[str, Upstream]]:
+    """The pipeline, the stage, and every stage of the example as a finished upstream with all its outputs."""
+    pipe, stages = load(example)
+    upstream = {s.metadata["name"]: Upstream(s.spec.type, {o: f"s3://b/{s.metadata['name']}/{o}/" for o in OUTPUTS}) for s in stages}
+    return pipe, {s.metadata["name"]: s for s in stages}[name], upstream
+
+
+def dotted(params: Any, key: str) -> Any:
+    for part in key.split("."):
+        params = getattr(params, part)
+    return params
+
+
+@pytest.mark.parametrize("example", FULL_SCALE)
+def test_full_scale_tables_cover_every_stage(example):
+    names = {s.metadata["name"] for s in load(example)[1]}
+    assert set(FULL_SCALE[example]) == names and set(RECIPES[example]) == names
+
+
+@pytest.mark.parametrize(("example", "name"), FULL_SCALE_CASES)
+def test_full_scale_job_shape(example, name):
+    pipe, stage, _ = full_scale_stage(example, name)
+    nodes, gpus = FULL_SCALE[example][name]
+    job = render_pytorchjob(stage, pipe, key="k", attempt=1, configmap="c", suspend=True)
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == QUEUE
+    assert job["spec"]["nprocPerNode"] == str(max(gpus, 1))  # one process per GPU; one on a CPU-only stage
+    assert {role: r["replicas"] for role, r in replicas.items()} == ({"Master": 1, "Worker": nodes - 1} if nodes > 1 else {"Master": 1})
+    for replica in replicas.values():
+        pod = replica["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["image"] == IMAGE and container["command"] == COMMAND
+        assert container["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}} in pod["volumes"]
+
+
+@pytest.mark.parametrize(("example", "name"), FULL_SCALE_CASES)
+def test_full_scale_hyperparameters_follow_the_reports(example, name):
+    """What the trainer reads (the rendered stage spec, parsed as the type's block) carries the reports' numbers."""
+    pipe, stage, upstream = full_scale_stage(example, name)
+    starts_from, expected = RECIPES[example][name]
+    model = stage.spec.inputs.model
+    assert (model and (f"hf:{model.hf}" if model.hf else f"stage:{model.from_stage}")) == starts_from
+    resolved = ResolvedStageSpec.model_validate(render_stage_spec(stage, pipe, key="k", attempt=1, upstream=upstream))
+    params = resolved.typed_params()
+    assert {key: dotted(params, key) for key in expected} == expected
+
