@@ -75,7 +75,8 @@ class Harness:
         )
         self.runner = Process(
             [sys.executable, "-m", "gradatim", "jobrunner", "-n", self.namespace, "--workdir", str(self.workdir / "jobs"),
-             "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer", "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir)],
+             "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer", "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir),
+             "--cpus", "64"],  # the stand-in trainer barely uses a core: let the tests' jobs run side by side
             env, self.workdir / "jobrunner.log",
         )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from gradatim.local.jobrunner import JobRunner
+from gradatim.local.jobrunner import JobRunner, cpu_quantity, cpu_request
 
 PROBE_IMAGE = "gradatim/ddp-probe:test"
 
@@ -138,3 +138,12 @@ def test_restart_policies_and_backoff_limit(kube, namespace, runner):
     create(kube, namespace, shell_job("permanent", "exit 3", "ExitCode", 5))  # 1-127: not retryable
     job = wait_condition(kube, namespace, "permanent", "Failed")
     assert not any(c["type"] == "Restarting" for c in job["status"]["conditions"])
+
+
+def test_cpu_requests_are_read_as_the_scheduler_reads_them():
+    job = {"spec": {"pytorchReplicaSpecs": {
+        "Master": {"replicas": 1, "template": {"spec": {"containers": [{"name": "pytorch", "resources": {"requests": {"cpu": "1500m"}, "limits": {"cpu": "2"}}}]}}},
+        "Worker": {"replicas": 3, "template": {"spec": {"containers": [{"name": "pytorch", "resources": {"limits": {"cpu": 2}}}]}}},
+    }}}
+    assert cpu_quantity("250m") == 0.25 and cpu_quantity("2") == 2.0
+    assert cpu_request(job) == 1.5 + 3 * 2

@@ -65,8 +65,10 @@ class JobRunner:
         extra_env: Mapping[str, str] | None = None,
         prometheus_sd_dir: Path | None = None,
         poll_seconds: float = 0.5,
+        cpus: float | None = None,
     ) -> None:
         self.api = api
+        self.cpus = cpus or os.cpu_count() or 1
         self.custom = client.CustomObjectsApi(api)
         self.namespace = namespace
         self.poll_seconds = poll_seconds
@@ -97,17 +99,24 @@ class JobRunner:
         else:
             items = self.custom.list_cluster_custom_object("kubeflow.org", "v1", "pytorchjobs")["items"]
         seen = set()
-        for job in items:
+        # A one-node scheduler: a job starts when its pods' CPU requests fit beside the running ones (or when
+        # nothing runs), as pods wait for a node; oversubscribed CPU training threads thrash.
+        in_use = sum(cpu_request(j) for j in items if j["metadata"]["uid"] in self.jobs)
+        for job in sorted(items, key=lambda j: j["metadata"].get("creationTimestamp") or ""):
             seen.add(job["metadata"]["uid"])
-            self.sync(job)
+            starting = job["metadata"]["uid"] not in self.jobs
+            fits = not self.jobs or in_use + cpu_request(job) <= self.cpus
+            self.sync(job, may_start=fits)
+            if starting and job["metadata"]["uid"] in self.jobs:
+                in_use += cpu_request(job)
         for uid in [u for u in self.jobs if u not in seen]:  # deleted: stop its processes
             local = self.jobs[uid]
             log.info("PyTorchJob %s/%s was deleted; stopping its processes", local.namespace, local.name)
             self.processes.stop(uid)
 
-    def sync(self, job: dict[str, Any]) -> None:
+    def sync(self, job: dict[str, Any], may_start: bool = True) -> None:
         before = job.get("status") or {}
-        status = self.processes.sync(job, datetime.now(timezone.utc))
+        status = self.processes.sync(job, datetime.now(timezone.utc), may_start)
         if json.dumps(status, sort_keys=True) != json.dumps(before, sort_keys=True):
             self._write_status(job, status)
 
@@ -120,6 +129,23 @@ class JobRunner:
                 raise
 
 
+def cpu_quantity(value: str | int | float) -> float:
+    """A Kubernetes CPU quantity in cores: `2`, `1.5`, `500m`."""
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def cpu_request(job: dict[str, Any]) -> float:
+    """The CPU all of a PyTorchJob's pods request (limits where no request is set)."""
+    total = 0.0
+    for spec in (job["spec"].get("pytorchReplicaSpecs") or {}).values():
+        for container in (spec.get("template") or {}).get("spec", {}).get("containers", []):
+            resources = container.get("resources") or {}
+            cpu = (resources.get("requests") or {}).get("cpu") or (resources.get("limits") or {}).get("cpu")
+            total += int(spec.get("replicas", 1)) * (cpu_quantity(cpu) if cpu is not None else 0.0)
+    return total
+
+
 def add_jobrunner_command(subparsers) -> None:
     parser = subparsers.add_parser("jobrunner", help="run PyTorchJobs as local processes (stands in for Kubeflow and the kubelet)")
     parser.add_argument("-n", "--namespace", default=None, help="watch only this namespace (default: all)")
@@ -128,6 +154,8 @@ def add_jobrunner_command(subparsers) -> None:
                         help="the Python module an image's `torchrun -m` entrypoint runs on this machine")
     parser.add_argument("--prometheus-sd-dir", type=Path, default=os.environ.get("GRADATIM_PROMETHEUS_SD_DIR"),
                         help="write Prometheus file_sd targets for each replica's metrics port here")
+    parser.add_argument("--cpus", type=float, default=None,
+                        help="CPU this node offers; a job waits until its pods' CPU requests fit (default: this machine's cores)")
     parser.set_defaults(func=_run_jobrunner)
 
 
@@ -137,7 +165,7 @@ def _run_jobrunner(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
     modules = dict(item.split("=", 1) for item in args.image_module)
-    runner = JobRunner(api, args.workdir, args.namespace, modules, prometheus_sd_dir=args.prometheus_sd_dir)
+    runner = JobRunner(api, args.workdir, args.namespace, modules, prometheus_sd_dir=args.prometheus_sd_dir, cpus=args.cpus)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
