@@ -202,3 +202,11 @@ def test_quickstart_recipe_runs_locally(tmp_path):
     found = phases(state)
     assert len(found) == 12 and set(found.values()) == {"Succeeded"}, found
     assert (state / "report" / "index.html").is_file()
+    _, _, stages = read_status(state)
+    scores = {s.metadata["name"]: s.status.metrics for s in stages if s.spec.type == "eval"}
+    passes = {name: m["pass@1"] for name, m in scores.items()}
+    # What the miniature is for: held-out pass@1 rises through the recipe's first stages, and no later stage
+    # loses what SFT reached by more than its own confidence interval.
+    assert passes["eval-base"] < passes["eval-midtrain"] < passes["eval-sft"], passes
+    for later in ("eval-dpo", "eval-grpo"):
+        assert scores[later]["pass@1_ci_high"] >= passes["eval-sft"], (later, scores[later], passes)

@@ -57,31 +57,95 @@ def latex(value: Fraction) -> str:
     return f"{sign}\\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
 
 
+def _digits(n: int) -> list[int]:
+    """The decimal digits of n >= 0, units first."""
+    return [int(d) for d in reversed(str(n))]
+
+
+def _columns_add(x: int, y: int) -> tuple[str, int]:
+    """Column addition of x, y >= 0, one digit pair (and carry) at a time, units first: `3+7=10, 1+1+1=3`."""
+    xs, ys = _digits(x), _digits(y)
+    width = max(len(xs), len(ys))
+    xs, ys = xs + [0] * (width - len(xs)), ys + [0] * (width - len(ys))
+    carry, parts = 0, []
+    for dx, dy in zip(xs, ys):
+        total = dx + dy + carry
+        parts.append(f"{dx}+{dy}" + (f"+{carry}" if carry else "") + f"={total}")
+        carry = total // 10
+    return ", ".join(parts), x + y
+
+
+def _columns_sub(x: int, y: int) -> tuple[str, int]:
+    """Column subtraction of y from x >= y >= 0, borrowing where a digit is too small: `13-5=8, 1-0-1=0`."""
+    xs, ys = _digits(x), _digits(y)
+    ys = ys + [0] * (len(xs) - len(ys))
+    borrow, parts = 0, []
+    for dx, dy in zip(xs, ys):
+        need = dy + borrow
+        lend = dx < need
+        top = f"1{dx}" if lend else f"{dx}"
+        parts.append(f"{top}-{dy}" + (f"-{borrow}" if borrow else "") + f"={dx + 10 * lend - need}")
+        borrow = int(lend)
+    return ", ".join(parts), x - y
+
+
+def _columns_mul(x: int, d: int) -> tuple[str, int]:
+    """x >= 0 times one digit d, units first with carries: `4*3=12, 1*3+1=4`."""
+    carry, parts = 0, []
+    for dx in _digits(x):
+        total = dx * d + carry
+        parts.append(f"{dx}*{d}" + (f"+{carry}" if carry else "") + f"={total}")
+        carry = total // 10
+    return ", ".join(parts), x * d
+
+
+def _add(x: int, y: int, over: int | None = None) -> str:
+    cols, total = _columns_add(x, y)
+    return f"{x}+{y}: {cols}, so {total}" + (f"/{over}." if over else ".")
+
+
+def _sub(x: int, y: int) -> str:
+    if x >= y:
+        cols, diff = _columns_sub(x, y)
+        return f"{x}-{y}: {cols}, so {diff}."
+    cols, diff = _columns_sub(y, x)
+    return f"{x}-{y} is below 0. {y}-{x}: {cols}, so {diff}. So {-diff}."
+
+
+def _mul(x: int, d: int) -> str:
+    cols, product = _columns_mul(x, d)
+    return f"{x}*{d}: {cols}, so {product}."
+
+
 def _make(rng: random.Random, kind: str) -> tuple[str, Fraction, tuple[str, ...]]:
     a, b, c = rng.randint(2, 19), rng.randint(2, 19), rng.randint(2, 9)
     if kind == "add":
-        return f"What is {a} + {b}?", Fraction(a + b), (f"{a} + {b} = {a + b}.",)
+        return f"What is {a} + {b}?", Fraction(a + b), (_add(a, b),)
     if kind == "sub":
-        return f"What is {a} - {b}?", Fraction(a - b), (f"{a} - {b} = {a - b}.",)
+        return f"What is {a} - {b}?", Fraction(a - b), (_sub(a, b),)
     if kind == "mul":
         a, b = rng.randint(2, 12), rng.randint(2, 9)
-        return f"What is {a} * {b}?", Fraction(a * b), (f"{a} * {b} = {a * b}.",)
+        return f"What is {a} * {b}?", Fraction(a * b), (_mul(a, b),)
     if kind == "mix":
-        return f"What is {a} + {b} * {c}?", Fraction(a + b * c), (f"First {b} * {c} = {b * c}.", f"Then {a} + {b * c} = {a + b * c}.")
+        return f"What is {a} + {b} * {c}?", Fraction(a + b * c), (_mul(b, c), _add(a, b * c))
     if kind == "frac":
-        p, q, r, s = rng.randint(1, 5), rng.randint(2, 6), rng.randint(1, 5), rng.randint(2, 6)
-        total = Fraction(p, q) + Fraction(r, s)
-        common = q * s // math.gcd(q, s)
+        # Coprime denominators and numerators in lowest terms: the sum over q*s is already reduced, so every step
+        # is a one-digit product or a column addition.
+        q = rng.randint(2, 9)
+        s = rng.choice([d for d in range(2, 10) if math.gcd(d, q) == 1])
+        p = rng.choice([n for n in range(1, q) if math.gcd(n, q) == 1])
+        r = rng.choice([n for n in range(1, s) if math.gcd(n, s) == 1])
+        common, total = q * s, Fraction(p, q) + Fraction(r, s)
         return (
             f"What is {p}/{q} + {r}/{s}? Give the answer as a reduced fraction.",
             total,
-            (f"The common denominator is {common}.", f"{p}/{q} + {r}/{s} = {p * common // q}/{common} + {r * common // s}/{common} = "
-             f"{p * common // q + r * common // s}/{common}.", f"Reduced: {total.numerator}/{total.denominator}."),
+            (f"Numerators {p}*{s}={p * s}, {r}*{q}={r * q}.", _add(p * s, r * q), f"Denominator {q}*{s}={common}, so {p * s + r * q}/{common}."),
         )
     if kind == "linear":
-        x = rng.randint(-9, 9)
-        rhs = a * x + b
-        return f"Solve for x: {a}x + {b} = {rhs}.", Fraction(x), (f"{a}x = {rhs} - {b} = {rhs - b}.", f"x = {rhs - b}/{a} = {x}.")
+        a, x = rng.randint(2, 9), rng.randint(2, 9)
+        b = rng.randint(2, min(19, a * x - 1))
+        rhs = a * x - b
+        return f"Solve for x: {a}x - {b} = {rhs}.", Fraction(x), (f"{a}x = {rhs}+{b}.", _add(rhs, b), f"x = {a * x}/{a} = {x}.")
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -162,7 +226,7 @@ def build_model(tokenizer, seed: int = 0, **config_overrides):
     return LlamaForCausalLM(config)
 
 
-TEACHER_VERSION = "1"  # bump when the recipe below changes, so cached teachers are rebuilt
+TEACHER_VERSION = "2"  # bump when the recipe below changes, so cached teachers are rebuilt
 
 
 def chat_example(tokenizer, problem: Problem, system_message: str | None = None) -> tuple[list[int], int]:
@@ -174,14 +238,14 @@ def chat_example(tokenizer, problem: Problem, system_message: str | None = None)
     return prompt_ids + answer_ids, len(prompt_ids)
 
 
-def train_teacher(tokenizer, seed: int = 0, steps: int = 600, batch_size: int = 32, lr: float = 3e-3, log=None):
+def train_teacher(tokenizer, seed: int = 0, steps: int = 1800, batch_size: int = 8, lr: float = 2e-3, log=None):
     """The builtin `tiny-teacher`: the tiny model trained briefly on correct worked solutions of the train split
     (loss on the assistant turn only), so that `generate` samples from a real model that is right often, not
     always. A plain loop: it runs once per machine and is cached (see `cached_teacher`)."""
     import torch
     import torch.nn.functional as F
 
-    model = build_model(tokenizer, seed=seed, hidden=192, layers=4)
+    model = build_model(tokenizer, seed=seed, hidden=128, layers=3)  # small batches, many steps: a step costs less than width
     examples = [chat_example(tokenizer, p) for p in tiny_math("train", 2000, seed)]
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
