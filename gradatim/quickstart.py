@@ -9,6 +9,7 @@ The control plane stays up afterwards, for kubectl and Prometheus; `gradatim clu
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -87,6 +88,8 @@ def run_quickstart(state_dir: str | None = None, example: Path | None = None, ti
             raise QuickstartError(f"kubectl {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done.stdout
 
+    # SIGTERM as Ctrl-C: unwind, so the operator and the job runner (which stops its trainers) are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     metrics_port = free_port()
     env = {**os.environ, "KUBECONFIG": str(info.kubeconfig), "GRADATIM_OPERATOR_METRICS_PORT": str(metrics_port)}
     python = [sys.executable, "-m", "gradatim"]
