@@ -24,3 +24,20 @@ def test_grpo_runs_and_reports_reward_parts(cluster, tmp_path):
         assert -1.0 <= h["rewards/correctness/mean"] <= -0.5
         expected = 8 / 13 * h["rewards/correctness/mean"] + 1 / 13 * h["rewards/repetition/mean"] + 0.1 * h["rewards/format/mean"]
         assert abs(h["reward"] - expected) < 1e-4, h
+
+
+def test_rewards_read_think_tokens_that_trl_decodes_away():
+    """`<think>` is a special token of the tiny tokenizer (as of many reasoning tokenizers): TRL's completion text
+    drops it, so the rewards score the ids."""
+    from gradatim.api.hyperparams import GRPOParams
+    from gradatim.trainer.stages.grpo import reward_functions
+    from gradatim.trainer.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    params = GRPOParams.model_validate({"maxCompletionLength": 64, "rewards": {"format": 0.1}})
+    ids = tokenizer("<think> 2+3: 2+3=5, so 5. </think> The answer is $\\boxed{5}$.<|im_end|>", add_special_tokens=False)["input_ids"]
+    trl_text = [{"role": "assistant", "content": tokenizer.decode(ids, skip_special_tokens=True)}]
+    correctness, _, format_ = reward_functions(params, tokenizer)
+    assert "<think>" not in trl_text[0]["content"]
+    assert correctness([None], [trl_text], [ids], ["5"]) == [1.0]
+    assert format_([None], [trl_text], [ids]) == [1.0]

@@ -17,25 +17,28 @@ from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
 
 
-def _text(completion: Any) -> str:
-    return completion[0]["content"] if isinstance(completion, list) else str(completion)
-
-
-def reward_functions(params: GRPOParams, eos_token_id: int) -> list[Any]:
-    """Correctness (length-aware, with the format overrides), repetition and format, as TRL reward functions."""
+def reward_functions(params: GRPOParams, tokenizer: Any) -> list[Any]:
+    """Correctness (length-aware, with the format overrides), repetition and format, as TRL reward functions.
+    They score the completion ids decoded as our sampler decodes them: TRL's own text skips special tokens, and
+    `<think>`/`</think>` are special tokens in many reasoning tokenizers (ours among them), so every completion
+    would read as unformatted."""
     cfg = params.rewards
+    eos_token_id = tokenizer.eos_token_id
+
+    def text(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False).replace(tokenizer.eos_token, "").replace(tokenizer.pad_token or "\0", "").strip()
 
     def finished(ids: list[int]) -> bool:
         return eos_token_id in ids or len(ids) < params.max_completion_length
 
     def correctness(prompts, completions, completion_ids, answer, **_):
-        return [rewards.score(_text(c), ids, str(gold), finished(ids), cfg).accuracy for c, ids, gold in zip(completions, completion_ids, answer)]
+        return [rewards.score(text(ids), ids, str(gold), finished(ids), cfg).accuracy for ids, gold in zip(completion_ids, answer)]
 
     def repetition(prompts, completions, completion_ids, **_):
         return [rewards.repetition_penalty(ids, cfg.repetition_penalty) for ids in completion_ids]
 
     def format(prompts, completions, completion_ids, **_):  # noqa: A001 (TRL logs the function's name)
-        return [1.0 if rewards.well_formed(_text(c), think=True) and finished(ids) else 0.0 for c, ids in zip(completions, completion_ids)]
+        return [1.0 if rewards.well_formed(text(ids), think=True) and finished(ids) else 0.0 for ids in completion_ids]
 
     return [correctness, repetition, format]
 
@@ -62,7 +65,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         reward_weights=[cfg.correctness, cfg.repetition, cfg.format], log_completions=False,
     )
     progress = ReportingCallback(reporter)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params, tokenizer.eos_token_id), args=args,
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
