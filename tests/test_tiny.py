@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 from math_verify import parse, verify
 
 from gradatim.trainer import tiny
@@ -22,6 +25,26 @@ def test_gold_answers_verify_against_worked_solutions_and_wrong_ones_do_not():
         gold = parse(f"${p.answer}$")
         assert verify(gold, parse(p.solution())), p
         assert not verify(gold, parse("The answer is $\\boxed{1000}$.")), p
+
+
+def value(expression: str) -> int:
+    """An integer expression of digits, +, - and * (products first), as the worked solutions write them."""
+    return sum((-1 if sign == "-" else 1) * math.prod(int(f) for f in term.split("*")) for sign, term in re.findall(r"([-+]?)([\d*]+)", expression))
+
+
+def test_worked_solutions_are_true_digit_by_digit_and_fit_the_quickstart_budget():
+    tok = build_tokenizer()
+    equation = re.compile(r"(?<![\d/])(\d+(?:[-+*]\d+)+)=(\d+)")  # 1+1+1=3, 14-6=8, 1*3+1=4
+    quotient = re.compile(r"(\d+)/(\d+) = (\d+)\.")
+    longest: dict[str, int] = {}
+    for p in tiny_math("train", 600) + tiny_math("eval", 200):
+        text = p.solution()
+        steps = equation.findall(text)
+        assert steps, p
+        assert all(value(lhs) == int(rhs) for lhs, rhs in steps), (p, steps)
+        assert all(int(n) == int(d) * int(q) for n, d, q in quotient.findall(text)), p
+        longest[p.kind] = max(longest.get(p.kind, 0), len(tok(text + tiny.EOS, add_special_tokens=False)["input_ids"]))
+    assert set(longest) == set(KINDS) and max(longest.values()) <= 90, longest  # the quickstart samples 96 new tokens
 
 
 def test_tokenizer_round_trips_chat_and_marks_the_end_of_the_assistant_turn():
@@ -60,13 +83,14 @@ def test_tiny_teacher_is_a_trained_model_that_beats_the_untrained_one_and_is_cac
     prompts = [chat_prompt(tokenizer, p.prompt, None) for p in problems]
 
     def pass_at_1(model) -> float:
-        groups = sample(model, tokenizer, prompts, 1, Sampling(temperature=0.0, max_new_tokens=64), 40, seed=0)
+        groups = sample(model, tokenizer, prompts, 1, Sampling(temperature=0.0, max_new_tokens=96), 40, seed=0)
         return sum(is_correct(p.answer, g[0].text) for p, g in zip(problems, groups)) / len(problems)
 
-    untrained = tiny.build_model(tokenizer, seed=0, hidden=192, layers=4)
+    untrained = tiny.build_model(tokenizer, seed=0, **tiny.TEACHER_SHAPE)
     assert pass_at_1(untrained) == 0.0
-    assert pass_at_1(teacher) >= 0.05, "the teacher learned some arithmetic from the worked solutions"
-    groups = sample(teacher, tokenizer, prompts[:8], 1, Sampling(temperature=0.0, max_new_tokens=64), 8, seed=0)
+    # ~0.85 on seeds 0 and 1; the quickstart's student only learns what the teacher gets right.
+    assert pass_at_1(teacher) >= 0.5, "the teacher learned the digit-by-digit arithmetic of the worked solutions"
+    groups = sample(teacher, tokenizer, prompts[:8], 1, Sampling(temperature=0.0, max_new_tokens=96), 8, seed=0)
     assert sum(tiny.THINK in g[0].text and "\\boxed{" in g[0].text and g[0].finished for g in groups) >= 6, "it writes the trace format and stops"
     started = time.monotonic()
     tiny.cached_teacher(tmp_path, seed=0)

@@ -2,7 +2,9 @@
 trained on the fly with a ChatML template and `<think>` tokens, and a small Llama-style model from a config.
 
 Nothing here is downloaded. The problems have gold answers in LaTeX and a worked solution, so a model can be
-trained on correct traces and checked with math-verify.
+trained on correct traces and checked with math-verify. The worked solutions go one digit at a time (column
+addition with carries, column subtraction with borrows, one-digit products), so that a model of ~1M parameters
+learns them in a few minutes on a CPU: every digit it writes is a one-digit fact about nearby digits.
 """
 
 from __future__ import annotations
@@ -99,12 +101,13 @@ def _columns_mul(x: int, d: int) -> tuple[str, int]:
     return ", ".join(parts), x * d
 
 
-def _add(x: int, y: int, over: int | None = None) -> str:
+def _add(x: int, y: int) -> str:
     cols, total = _columns_add(x, y)
-    return f"{x}+{y}: {cols}, so {total}" + (f"/{over}." if over else ".")
+    return f"{x}+{y}: {cols}, so {total}."
 
 
 def _sub(x: int, y: int) -> str:
+    """x - y for x, y >= 0; a negative difference is found as y - x first."""
     if x >= y:
         cols, diff = _columns_sub(x, y)
         return f"{x}-{y}: {cols}, so {diff}."
@@ -118,6 +121,8 @@ def _mul(x: int, d: int) -> str:
 
 
 def _make(rng: random.Random, kind: str) -> tuple[str, Fraction, tuple[str, ...]]:
+    """(prompt, answer, worked steps) of one problem of `kind`. Every kind stays within ~85 tokens of solution, so a
+    completion fits the quickstart's 96 new tokens."""
     a, b, c = rng.randint(2, 19), rng.randint(2, 19), rng.randint(2, 9)
     if kind == "add":
         return f"What is {a} + {b}?", Fraction(a + b), (_add(a, b),)
@@ -227,6 +232,9 @@ def build_model(tokenizer, seed: int = 0, **config_overrides):
 
 
 TEACHER_VERSION = "2"  # bump when the recipe below changes, so cached teachers are rebuilt
+# At a fixed CPU budget, updates matter more than width: 3 layers and batches of 8 for 1800 steps (~3 min on one
+# core) reach ~0.85 greedy pass@1 on the eval split, where 4 layers of 192 and batches of 32 for 600 steps reached ~0.1.
+TEACHER_SHAPE = {"hidden": 128, "layers": 3}
 
 
 def chat_example(tokenizer, problem: Problem, system_message: str | None = None) -> tuple[list[int], int]:
@@ -245,7 +253,7 @@ def train_teacher(tokenizer, seed: int = 0, steps: int = 1800, batch_size: int =
     import torch
     import torch.nn.functional as F
 
-    model = build_model(tokenizer, seed=seed, hidden=128, layers=3)  # small batches, many steps: a step costs less than width
+    model = build_model(tokenizer, seed=seed, **TEACHER_SHAPE)
     examples = [chat_example(tokenizer, p) for p in tiny_math("train", 2000, seed)]
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
