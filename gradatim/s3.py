@@ -12,6 +12,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from gradatim.api.resolved import PROGRESS_FILE, RESULTS_FILE
+
 RETRIES = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"})
 
 
@@ -67,6 +69,13 @@ def read_json(s3: Any, uri: str) -> dict[str, Any] | None:
             return None
         raise
     return json.loads(body)
+
+
+def read_run_files(s3: Any, output_uri: str, *, running: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A stage run's results.json and, while its job exists, its progress.json; None for each not written yet."""
+    results = read_json(s3, output_uri + RESULTS_FILE)
+    progress = read_json(s3, output_uri + PROGRESS_FILE) if running else None
+    return results, progress
 
 
 def write_json(s3: Any, uri: str, obj: Any) -> None:

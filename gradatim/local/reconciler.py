@@ -30,7 +30,7 @@ from gradatim.operator.reconciler import storage_problem
 from gradatim.planner.graph import cache_keys, topological_order
 from gradatim.planner.jobs import JobState, job_state
 from gradatim.planner.pipeline import plan_pipeline
-from gradatim.planner.render import job_name, output_uri
+from gradatim.planner.render import job_name, stage_output_uri
 from gradatim.planner.stage import CreateJob, DeleteJob, Observed, Plan, SetJobSuspended, plan_stage
 
 log = logging.getLogger("gradatim.local")
@@ -146,11 +146,9 @@ class LocalReconciler:
         results = progress = None
         problems: tuple[str, ...] = ()
         if key is not None:
-            out = output_uri(self.pipeline, self.namespace, stage.spec.pipeline, name, key)
+            out = stage_output_uri(self.pipeline, self.namespace, stage, key)
             try:
-                results = s3.read_json(self.store, out + "results.json")
-                if job is not None:
-                    progress = s3.read_json(self.store, out + "progress.json")
+                results, progress = s3.read_run_files(self.store, out, running=job is not None)
                 self._s3_failures.pop(name, None)
             except (BotoCoreError, ClientError) as err:
                 self._s3_failures[name] = self._s3_failures.get(name, 0) + 1

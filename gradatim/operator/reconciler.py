@@ -23,7 +23,7 @@ from gradatim.operator import kube
 from gradatim.operator.metrics import OperatorMetrics
 from gradatim.planner.graph import cache_keys
 from gradatim.planner.pipeline import plan_pipeline
-from gradatim.planner.render import job_name, output_uri
+from gradatim.planner.render import job_name, stage_output_uri
 from gradatim.planner.stage import CreateJob, DeleteJob, Observed, Plan, SetJobSuspended, plan_stage
 
 log = logging.getLogger("gradatim.operator")
@@ -178,11 +178,9 @@ class Reconciler:
             key = cache_keys(siblings, pipeline.spec.image).get(name)
             store, problems = self._storage(pipeline, namespace)
             if store is not None and key is not None:
-                out = output_uri(pipeline, namespace, stage.spec.pipeline, name, key)
+                out = stage_output_uri(pipeline, namespace, stage, key)
                 try:
-                    results = s3.read_json(store, out + "results.json")
-                    if job is not None:
-                        progress = s3.read_json(store, out + "progress.json")
+                    results, progress = s3.read_run_files(store, out, running=job is not None)
                 except (BotoCoreError, ClientError) as err:
                     problems = [storage_problem(pipeline, out, err)]
                     self.metrics.s3_errors.labels(namespace, stage.spec.pipeline, "GetObject").inc()  # read_json is the operator's one S3 call

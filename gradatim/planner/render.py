@@ -39,6 +39,11 @@ def output_uri(pipeline: TrainingPipeline, namespace: str, pipeline_name: str, s
     return f"s3://{storage.bucket}/{storage.prefix}{namespace}/{pipeline_name}/{stage}/{key}/"
 
 
+def stage_output_uri(pipeline: TrainingPipeline, namespace: str, stage: TrainingStage, key: str) -> str:
+    """Where the stage's run under cache key `key` writes its outputs, results.json and progress.json."""
+    return output_uri(pipeline, namespace, stage.spec.pipeline, stage.metadata["name"], key)
+
+
 def effective_resources(stage: TrainingStage, pipeline: TrainingPipeline) -> dict[str, Any]:
     """The pipeline's default resources with every field the stage sets laid over them."""
     merged = pipeline.spec.resources.model_dump()
@@ -89,7 +94,7 @@ def render_stage_spec(
 ) -> dict[str, Any]:
     """The resolved stage spec the trainer reads: inputs as concrete URIs, where to write, how to resume."""
     meta, spec = stage.metadata, stage.spec
-    out = output_uri(pipeline, meta["namespace"], spec.pipeline, meta["name"], key)
+    out = stage_output_uri(pipeline, meta["namespace"], stage, key)
     resolved = ResolvedStageSpec(
         namespace=meta["namespace"],
         pipeline=spec.pipeline,

@@ -19,9 +19,10 @@ from kubernetes import client
 
 from gradatim import s3
 from gradatim.api import TrainingPipeline, TrainingStage
+from gradatim.api.resolved import RESULTS_FILE
 from gradatim.operator import kube
 from gradatim.operator.reconciler import storage_problem
-from gradatim.planner.render import output_uri
+from gradatim.planner.render import stage_output_uri
 from gradatim.report.build import Report, build_report, records_from
 from gradatim.report.render import PLOTS
 
@@ -82,7 +83,7 @@ def results_reader(store: Any, pipeline: TrainingPipeline, namespace: str) -> Ca
         key = stage.status.cache_key if stage.status else None
         if key is None:
             return None
-        uri = output_uri(pipeline, namespace, stage.spec.pipeline, stage.metadata["name"], key) + "results.json"
+        uri = stage_output_uri(pipeline, namespace, stage, key) + RESULTS_FILE
         try:
             return s3.read_json(store, uri)
         except (BotoCoreError, ClientError) as err:
