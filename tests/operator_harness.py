@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import signal
+import uuid
 import subprocess
 import sys
 import time
@@ -22,6 +22,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gradatim.api import GROUP, VERSION
+from gradatim.cluster.process import processes_in_group, signal_groups, spawn, stop_groups, wait_for
 from gradatim.cluster.targets import operator_targets
 from gradatim.local.jobrunner import free_port
 
@@ -34,24 +35,20 @@ class Process:
     argv: list[str]
     env: dict[str, str]
     log: Path
-    proc: subprocess.Popen | None = None
+    group: int | None = None
 
     def start(self) -> None:
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        self.group = spawn(self.argv, self.log, REPO, self.env)
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(30)
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would end it."""
+        if self.group is not None:
+            signal_groups([self.group], signal.SIGKILL)
+            wait_for(lambda: not processes_in_group(self.group), 30)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.group is not None:
+            stop_groups({"process": self.group}, grace_seconds=20)
 
 
 @dataclass

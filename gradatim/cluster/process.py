@@ -18,7 +18,8 @@ from typing import Callable, Iterable
 from gradatim.cluster.errors import ClusterError
 
 
-def spawn(command: list[str], log_file: Path, cwd: Path) -> int:
+def spawn(command: list[str], log_file: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
+    """Starts `command` in its own process group (its pid is the group's id), appending its output to `log_file`."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         log.write(f"\n==> {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
@@ -26,6 +27,7 @@ def spawn(command: list[str], log_file: Path, cwd: Path) -> int:
         process = subprocess.Popen(
             command,
             cwd=cwd,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
