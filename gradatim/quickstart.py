@@ -22,14 +22,15 @@ from kubernetes import config
 from gradatim import s3
 from gradatim.api import TrainingStage
 from gradatim.cluster.controlplane import ControlPlane
-from gradatim.cluster.process import stop_groups
+from gradatim.cluster.process import spawn, stop_groups
 from gradatim.cluster.progress import ConsoleProgress
 from gradatim.cluster.state import ClusterInfo
 from gradatim.cluster.targets import operator_targets
 from gradatim.local.jobrunner import free_port
 from gradatim.operator import kube
 from gradatim.planner.graph import cache_keys
-from gradatim.planner.render import output_uri
+from gradatim.api.resolved import PROGRESS_FILE
+from gradatim.planner.render import stage_output_uri
 from gradatim.view import follow, stage_views
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
@@ -63,13 +64,10 @@ def example_pipeline(example: Path) -> tuple[str, str]:
 @contextmanager
 def background(processes: dict[str, list[str]], env: dict[str, str], logs: Path) -> Iterator[None]:
     """Runs each command in its own process group, logging to `logs/<name>.log`, and stops them all on exit."""
-    logs.mkdir(parents=True, exist_ok=True)
     groups = {}
     try:
         for name, argv in processes.items():
-            with open(logs / f"{name}.log", "ab") as out:
-                groups[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True).pid
+            groups[name] = spawn(argv, logs / f"{name}.log", Path.cwd(), env)
         yield
     finally:
         stop_groups(groups, grace_seconds=20)
@@ -137,7 +135,7 @@ def running_progress(pipeline_body, stages: list[TrainingStage], store, namespac
     for stage in stages:
         name = stage.metadata["name"]
         if stage.status and stage.status.phase == "Running" and name in keys:
-            uri = output_uri(pipeline, namespace, pipeline.metadata["name"], name, keys[name]) + "progress.json"
+            uri = stage_output_uri(pipeline, namespace, stage, keys[name]) + PROGRESS_FILE
             live[name] = (s3.read_json(store, uri) or {}).get("metrics", {})
     return live
 

@@ -35,9 +35,10 @@ class StageView:
     eta_seconds: int | None
     live: str  # the running attempt's loss or reward, from its progress.json
     result: str  # the finished stage's headline metric
+    progress_text: str = ""  # `step/total`, after the activity when the trainer names one
 
     def line(self) -> str:
-        progress = f"{self.step}/{self.total_steps}" if self.total_steps else ""
+        progress = (self.progress_text or f"{self.step}/{self.total_steps}") if self.total_steps else ""
         parts = [f"{self.name:<18}", f"{self.type:<13}", f"{self.phase:<10}", progress, self.live, self.result,
                  f"ETA {clock(self.eta_seconds)}" if self.eta_seconds and self.phase == "Running" else ""]
         return "  ".join(p for p in parts if p).rstrip()
@@ -84,7 +85,7 @@ def stage_views(stages: Sequence[TrainingStage], live: Mapping[str, Mapping[str,
         views.append(StageView(
             name=name, type=stage.spec.type, phase=phase, attempt=st.attempt if st else 0,
             step=progress.step if progress else 0, total_steps=progress.total_steps if progress else 0,
-            eta_seconds=progress.eta_seconds if progress else None,
+            eta_seconds=progress.eta_seconds if progress else None, progress_text=progress.text if progress else "",
             live=live_values(live.get(name)) if phase == "Running" else "",
             result=headline(stage.spec.type, st.metrics) if st and phase in ("Succeeded", "Cached") else "",
         ))
@@ -97,15 +98,15 @@ def table(title: str, views: Sequence[StageView]) -> Table:
         t.add_column(column, no_wrap=True)
     for v in views:
         style = PHASE_STYLE.get(v.phase, "")
-        bar = progress_bar(v.step, v.total_steps) if v.total_steps else ""
+        bar = progress_bar(v.step, v.total_steps, v.progress_text) if v.total_steps else ""
         eta = clock(v.eta_seconds) if v.phase == "Running" else ""
         t.add_row(v.name, v.type, f"[{style}]{v.phase}[/]" if style else v.phase, bar, v.live, v.result, eta)
     return t
 
 
-def progress_bar(step: int, total: int, width: int = 16) -> str:
+def progress_bar(step: int, total: int, text: str = "", width: int = 16) -> str:
     done = min(width, round(width * step / total)) if total else 0
-    return f"{'█' * done}{'░' * (width - done)} {step}/{total}"
+    return f"{'█' * done}{'░' * (width - done)} {text or f'{step}/{total}'}"
 
 
 Poll = Callable[[], tuple[str | None, list[StageView]]]  # (pipeline phase, stage views)

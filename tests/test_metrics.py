@@ -4,8 +4,9 @@ reporter (gauges, counters, MFU, device memory)."""
 from __future__ import annotations
 
 import math
-import uuid
 import re
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,24 @@ def test_s3_failures_are_counted_against_the_real_seaweedfs(cluster):
     before = len(failed)
     assert s3.read_json(right, f"s3://{cluster.s3_bucket}/nothing-{uuid.uuid4().hex}.json") is None, "a missing key is no failure"
     assert len(failed) == before
+
+
+def test_preparing_names_its_activity_in_progress_json_and_leaves_the_stage_counters_alone(cluster):
+    from gradatim import s3
+
+    store = cluster.s3_client()
+    out = f"s3://{cluster.s3_bucket}/preparing-{uuid.uuid4().hex}/"
+    run = spec().model_copy(update={"output": spec().output.model_copy(update={"uri": out})})
+    reporter = Reporter(run, store=store, enabled=True, serve_metrics=False)
+    started = time.monotonic() - 10
+    reporter.preparing("training tiny-teacher", 1800, 1800, started, loss=0.25)
+    progress = s3.read_json(store, out + "progress.json")
+    assert progress["activity"] == "training tiny-teacher" and (progress["step"], progress["totalSteps"]) == (1800, 1800)
+    assert progress["metrics"] == {"loss": 0.25} and progress["etaSeconds"] == 0
+    L = {"attempt": "1", "namespace": "ns", "pipeline": "p", "stage": "sft", "type": "sft"}
+    assert samples(reporter.registry).get_one("gradatim_trainer_steps_total", **L) == 0 and reporter.history == []
+    time.sleep(0.2)
+    reporter.progress(1, 2, samples=4)
+    assert reporter.gauges["eta_seconds"]._value.get() < 5, "the stage's ETA counts from after the preparing, not from its start"
+    reporter.progress(2, 2, samples=4)
+    assert "activity" not in s3.read_json(store, out + "progress.json")

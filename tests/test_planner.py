@@ -77,6 +77,16 @@ def test_a_job_whose_status_write_was_lost_is_adopted_not_mistaken_for_a_cache_h
     assert plan.status.phase == "Cached" and plan.status.attempt == 0, "a job of other content is not this run's"
 
 
+def test_a_running_job_reports_its_progress_and_the_activity_before_its_steps():
+    st = stage("rollouts")
+    running = job("rollouts-a1", ("Running", "running"))
+    running["metadata"]["labels"] = {"gradatim.io/cache-key": key_of("rollouts", st)}
+    plan = plan_stage(observe(st, job=running, progress={"step": 40, "totalSteps": 1800, "etaSeconds": 120.5, "activity": "training tiny-teacher"}))
+    assert plan.status.progress.model_dump() == {"step": 40, "total_steps": 1800, "percent": 2, "eta_seconds": 120, "text": "training tiny-teacher 40/1800"}
+    plan = plan_stage(observe(st, job=running, progress={"step": 3, "totalSteps": 12, "etaSeconds": 9}))
+    assert plan.status.progress.text == "3/12" and plan.status.progress.percent == 25
+
+
 def test_waits_for_dependencies_then_resolves_their_outputs():
     mid = stage("midtrain", "midtrain")
     sft = stage("sft", deps=["midtrain"], model={"fromStage": "midtrain"})

@@ -105,6 +105,9 @@ def test_stage_views_are_in_pipeline_order_with_live_values_and_results():
     done = stage_views([stage("eval", "eval", [], {"phase": "Succeeded", "metrics": {"pass@1": 0.25, "pass@1_ci_low": 0.2, "pass@1_ci_high": 0.3}})], {})
     assert done[0].result == "pass@1 25.0% [20.0%, 30.0%]"
     assert headline("generate", {"acceptance_rate": 0.5}) == "accepted 50.0%"
+    teacher = stage("rollouts", "generate", [], {"phase": "Running", "progress": {"step": 40, "totalSteps": 1800, "etaSeconds": 90, "text": "training tiny-teacher 40/1800"}})
+    [view] = stage_views([teacher], {"rollouts": {"loss": 0.5}})
+    assert "training tiny-teacher 40/1800" in view.line() and "loss 0.5" in view.line() and "ETA 1:30" in view.line()
 
 
 def test_follow_prints_a_line_per_change_without_a_terminal():

@@ -183,7 +183,7 @@ class Progress(Model):
     eta_seconds: int | None = Field(default=None, ge=0)
     """Estimated seconds left."""
     text: str = Field(default="", max_length=64)
-    """`step/total` for `kubectl get`."""
+    """`step/total` for `kubectl get`, after the activity when the trainer names one (`training tiny-teacher 40/1800`)."""
 
 
 class GateResult(Model):

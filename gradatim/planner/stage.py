@@ -128,9 +128,12 @@ def _progress(progress: Mapping[str, Any] | None) -> Progress | None:
         return None
     step, total = int(progress.get("step", 0)), int(progress.get("totalSteps", 0))
     eta = progress.get("etaSeconds")
+    text = f"{step}/{total}" if total else str(step)
+    if progress.get("activity"):  # work before the stage's own steps, such as training the builtin tiny-teacher
+        text = f"{str(progress['activity'])[:40]} {text}"
     return Progress(
         step=step, total_steps=total, percent=min(100, int(100 * step / total)) if total else 0,
-        eta_seconds=int(eta) if eta is not None else None, text=f"{step}/{total}" if total else str(step),
+        eta_seconds=int(eta) if eta is not None else None, text=text,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, start_http_server
 
-from gradatim.api.resolved import FINAL_SCRAPE_ENV, ResolvedStageSpec
+from gradatim.api.resolved import FINAL_SCRAPE_ENV, PROGRESS_FILE, RESULTS_FILE, ResolvedStageSpec
 from gradatim.s3 import count_failures, write_json
 from gradatim.trainer.telemetry import Device, ModelFlops, device_memory
 
@@ -59,7 +59,7 @@ class Reporter:
     def __init__(self, spec: ResolvedStageSpec, store: Any | None, enabled: bool, serve_metrics: bool = True,
                  device: torch.device | None = None, world_size: int = 1) -> None:
         self.spec, self.store, self.enabled = spec, store, enabled
-        self.started = time.monotonic()
+        self.started = self.steps_started = time.monotonic()  # steps_started: after any preparing, for the ETA
         self._last_write = 0.0
         self._last: dict[str, float] = {}
         self.device = device or torch.device("cpu")
@@ -124,7 +124,7 @@ class Reporter:
             raise ValueError(f"no trainer gauge named {', '.join(sorted(unknown))}; add it to GAUGES and docs/metrics.md")
         now = time.monotonic()
         elapsed = now - self.started
-        eta = (total - step) * elapsed / step if step else None
+        eta = (total - step) * (now - self.steps_started) / step if step else None
         new_steps = step - int(self._last.get("step", 0))
         if new_steps > 0:
             self.steps.inc(new_steps)
@@ -149,9 +149,24 @@ class Reporter:
         log.info("Step %d/%d %s", step, total, parts)
         if self.store is not None and (now - self._last_write >= PROGRESS_EVERY_SECONDS or step >= total):
             self._last_write = now
-            write_json(self.store, self.spec.output.uri + "progress.json", {
+            write_json(self.store, self.spec.output.uri + PROGRESS_FILE, {
                 "step": step, "totalSteps": total, "etaSeconds": eta, "checkpointUri": self.spec.output.checkpoint_uri,
                 "metrics": {k: float(v) for k, v in values.items()},
+            })
+
+    def preparing(self, activity: str, step: int, total: int, started: float, loss: float | None = None) -> None:
+        """News of work before the stage's own steps (training the builtin tiny-teacher on first use): progress.json
+        names the `activity`, so the live view shows it with its ETA; the stage's counters and history stay its own."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self.steps_started = now
+        if self.store is not None and (now - self._last_write >= PROGRESS_EVERY_SECONDS or step >= total):
+            self._last_write = now
+            eta = (total - step) * (now - started) / step if step else None
+            write_json(self.store, self.spec.output.uri + PROGRESS_FILE, {
+                "step": step, "totalSteps": total, "etaSeconds": eta, "activity": activity, "checkpointUri": self.spec.output.checkpoint_uri,
+                "metrics": {"loss": float(loss)} if loss is not None else {},
             })
 
     def results(self, metrics: dict[str, float], outputs: dict[str, str], **extra: Any) -> dict[str, Any]:
@@ -159,7 +174,7 @@ class Reporter:
         record = {"metrics": metrics, "outputs": outputs, "durationSeconds": time.monotonic() - self.started,
                   "attempt": self.spec.attempt, "cacheKey": self.spec.cache_key, "history": self.history, **extra}
         if self.enabled and self.store is not None:
-            write_json(self.store, self.spec.output.uri + "results.json", record)
+            write_json(self.store, self.spec.output.uri + RESULTS_FILE, record)
             log.info("Wrote results: %s", metrics)
         return record
 

@@ -77,15 +77,16 @@ def load_all(sources: list[ResolvedSource], store: Any, workdir: Path, seed: int
     return [record for source in sources for record in load_records(source, store, workdir, seed)]
 
 
-def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0, dtype: Any = None):
-    """(model, tokenizer) for a model source."""
+def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0, dtype: Any = None, on_teacher_step: Any = None):
+    """(model, tokenizer) for a model source; `on_teacher_step(step, steps, loss)` hears how training the builtin
+    tiny-teacher goes, the first time a machine needs it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.builtin == "tiny-model":
         tokenizer = tiny.build_tokenizer()
         return tiny.build_model(tokenizer, seed=seed), tokenizer
     if source.builtin == "tiny-teacher":
-        return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info)
+        return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info, on_step=on_teacher_step)
     if source.builtin:
         raise SourceError(f"builtin model {source.builtin!r}: use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
     if source.hf:

@@ -246,10 +246,11 @@ def chat_example(tokenizer, problem: Problem, system_message: str | None = None)
     return prompt_ids + answer_ids, len(prompt_ids)
 
 
-def train_teacher(tokenizer, seed: int = 0, steps: int = 1800, batch_size: int = 8, lr: float = 2e-3, log=None):
+def train_teacher(tokenizer, seed: int = 0, steps: int = 1800, batch_size: int = 8, lr: float = 2e-3, log=None, on_step=None):
     """The builtin `tiny-teacher`: the tiny model trained briefly on correct worked solutions of the train split
     (loss on the assistant turn only), so that `generate` samples from a real model that is right often, not
-    always. A plain loop: it runs once per machine and is cached (see `cached_teacher`)."""
+    always. A plain loop: it runs once per machine and is cached (see `cached_teacher`). `on_step(step, steps, loss)`
+    hears of every tenth step."""
     import torch
     import torch.nn.functional as F
 
@@ -278,11 +279,13 @@ def train_teacher(tokenizer, seed: int = 0, steps: int = 1800, batch_size: int =
         schedule.step()
         if log and (step % 100 == 0 or step == steps - 1):
             log(f"tiny-teacher step {step + 1}/{steps} loss {loss.item():.4f}")
+        if on_step and ((step + 1) % 10 == 0 or step == steps - 1):
+            on_step(step + 1, steps, loss.item())
     model.eval()
     return model
 
 
-def cached_teacher(cache_dir, seed: int = 0, log=None):
+def cached_teacher(cache_dir, seed: int = 0, log=None, on_step=None):
     """(model, tokenizer) of `tiny-teacher`, trained on first use and kept in `cache_dir` (one writer at a time;
     other processes wait for it and load the result)."""
     import fcntl
@@ -297,7 +300,7 @@ def cached_teacher(cache_dir, seed: int = 0, log=None):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
             tokenizer = build_tokenizer(seed=seed)
-            model = train_teacher(tokenizer, seed=seed, log=log)
+            model = train_teacher(tokenizer, seed=seed, log=log, on_step=on_step)
             staging = Path(str(target) + f".tmp{os.getpid()}")
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)

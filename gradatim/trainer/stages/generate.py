@@ -6,6 +6,7 @@ written for rollout DPO."""
 from __future__ import annotations
 
 import random
+import time
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ def select(records: Sequence[dict[str, Any]], groups: Sequence[Sequence[Completi
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed)
+    started = time.monotonic()
+    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed,
+                                  on_teacher_step=lambda step, steps, loss: reporter.preparing("training tiny-teacher", step, steps, started, loss))
     model.to(rt.device)
     records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
     mine = list(range(rt.rank, len(records), rt.world_size))
