@@ -73,7 +73,7 @@ RECIPES = {
                 {"max_length": 20480, "batch_size": 128, "learning_rate": 1e-5, "epochs": 5, "packing": False, "system_message": MINI_SYSTEM}),
         "eval-sft": ("stage:sft", MINI_EVAL),
         "decontaminate-pairs": (None, {}),
-        "dpo": ("stage:sft", {"max_length": 16384, "learning_rate": 5e-7, "epochs": 1}),
+        "dpo": ("stage:sft", {"max_length": 16384, "learning_rate": 5e-7, "epochs": 1, "system_message": MINI_SYSTEM}),
         "eval-dpo": ("stage:dpo", MINI_EVAL),
         # The RL prompt filter: drop prompts whose group accuracy is above 50%.
         "rl-prompts": ("stage:dpo", {"pass_rate_band.max": 0.5, "temperature": 1.0, "max_new_tokens": 25600, "system_message": MINI_SYSTEM}),

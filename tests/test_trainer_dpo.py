@@ -26,3 +26,13 @@ def test_dpo_prefers_the_chosen_rollouts(cluster, tmp_path):
     losses = [float(line.split("loss=")[1].split()[0]) for line in (result.stdout + result.stderr).splitlines() if "Step " in line and "loss=" in line]
     assert abs(losses[0] - math.log(2)) < 0.02, "DPO starts at ln 2: the policy equals its reference"
     assert losses[-1] < losses[0] - 0.1 and metrics["reward_margin"] > 0 and metrics["reward_accuracy"] > 0.5, (losses, metrics)
+
+
+def test_pairs_are_scored_after_the_system_message_their_rollouts_were_sampled_with():
+    from gradatim.trainer.stages.dpo import to_preference
+
+    pair = {"prompt": "What is 1 + 1?", "chosen": "<think> 1+1=2 </think> $\\boxed{2}$", "rejected": "$\\boxed{3}$"}
+    row = to_preference(pair, "Think step by step.")
+    assert row["prompt"] == [{"role": "system", "content": "Think step by step."}, {"role": "user", "content": "What is 1 + 1?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": pair["chosen"]}]
+    assert to_preference(pair)["prompt"] == [{"role": "user", "content": "What is 1 + 1?"}]

@@ -153,6 +153,9 @@ class DPOParams(TrainingParams, json_schema_extra=rules(BATCH_DIVISIBLE, NO_PACK
     """DPO loss variant, as TRL names them; `sigmoid` is the original DPO loss."""
     learning_rate: float = Field(default=5e-7, gt=0.0, le=1.0)
     """Peak learning rate (5e-7 for Phi-4-mini-reasoning's rollout DPO)."""
+    system_message: str | None = Field(default=None, max_length=16384)
+    """System message before each prompt: the one the rollouts were sampled with, so the pairs are scored in
+    the context that produced them; left out: the model's chat template decides."""
 
 
 class LengthAwareReward(

@@ -16,11 +16,12 @@ from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
 
 
-def to_preference(record: dict[str, Any]) -> dict[str, Any]:
+def to_preference(record: dict[str, Any], system_message: str | None = None) -> dict[str, Any]:
     if not all(k in record for k in ("prompt", "chosen", "rejected")):
         raise SourceError(f"record {record.get('id', '?')} needs prompt, chosen and rejected fields (the `pairs` output of generate)")
+    system = [{"role": "system", "content": system_message}] if system_message else []
     return {
-        "prompt": [{"role": "user", "content": record["prompt"]}],
+        "prompt": [*system, {"role": "user", "content": record["prompt"]}],
         "chosen": [{"role": "assistant", "content": record["chosen"]}],
         "rejected": [{"role": "assistant", "content": record["rejected"]}],
     }
@@ -29,7 +30,7 @@ def to_preference(record: dict[str, Any]) -> dict[str, Any]:
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    rows = [to_preference(r) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
+    rows = [to_preference(r, params.system_message) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
     if not rows:
         raise SourceError("inputs.data holds no preference pairs; the generate stage found no prompt with both a correct and an incorrect rollout")
     output_dir = rt.workdir / "dpo"
