@@ -31,7 +31,7 @@ from gradatim.operator import kube
 from gradatim.planner.graph import cache_keys
 from gradatim.api.resolved import PROGRESS_FILE
 from gradatim.planner.render import stage_output_uri
-from gradatim.view import follow, stage_views
+from gradatim.view import FINISHED, follow, stage_views
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
 S3_SECRET = "gradatim-s3"
@@ -122,15 +122,33 @@ def poll(api, store, namespace: str, pipeline: str):
     """(pipeline phase, stage views) as the API server and S3 have them now."""
     body = kube.get_pipeline(api, namespace, pipeline)
     stages = [kube.parse_stage(b) for b in kube.list_stages(api, namespace) if b.get("spec", {}).get("pipeline") == pipeline]
-    phase = ((body or {}).get("status") or {}).get("phase")
-    live = running_progress(body, stages, store, namespace) if body else {}
-    return phase, stage_views(stages, live)
+    keys = cache_keys({s.metadata["name"]: s for s in stages}, kube.parse_pipeline(body).spec.image) if body else {}
+    live = running_progress(body, stages, store, namespace, keys) if body else {}
+    return current_phase(body, stages, keys), stage_views(stages, live)
 
 
-def running_progress(pipeline_body, stages: list[TrainingStage], store, namespace: str) -> dict[str, dict[str, float]]:
+def current_phase(pipeline_body: dict | None, stages: list[TrainingStage], keys: dict[str, str]) -> str | None:
+    """The pipeline's phase once its status has caught up with the specs; "Running" until then. Right after
+    `kubectl apply` changes a stage, the pipeline still says Succeeded, and so does every stage downstream of the
+    change, under its old cache key, until the operator has been round."""
+    status = (pipeline_body or {}).get("status") or {}
+    phase = status.get("phase")
+    if phase not in FINISHED:
+        return phase
+    if status.get("observedGeneration") != (pipeline_body or {}).get("metadata", {}).get("generation"):
+        return "Running"
+    for stage in stages:
+        st = stage.status
+        if st is None or st.observed_generation != stage.metadata.get("generation") or st.phase in ("Running", "Retrying"):
+            return "Running"
+        if st.phase in ("Succeeded", "Cached") and st.cache_key != keys.get(stage.metadata["name"]):
+            return "Running"
+    return phase
+
+
+def running_progress(pipeline_body, stages: list[TrainingStage], store, namespace: str, keys: dict[str, str]) -> dict[str, dict[str, float]]:
     """The values in each running stage's progress.json (loss, reward), where the trainer writes them."""
     pipeline = kube.parse_pipeline(pipeline_body)
-    keys = cache_keys({s.metadata["name"]: s for s in stages}, pipeline.spec.image)
     live = {}
     for stage in stages:
         name = stage.metadata["name"]

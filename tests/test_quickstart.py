@@ -14,7 +14,8 @@ import yaml
 from rich.console import Console
 
 from gradatim.api import TrainingStage
-from gradatim.quickstart import EXAMPLE, example_pipeline
+from gradatim.planner.graph import cache_keys
+from gradatim.quickstart import EXAMPLE, current_phase, example_pipeline
 from gradatim.view import follow, headline, stage_views
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,18 @@ def test_quickstart_runs_the_recipe_follows_it_and_reports(cluster, tmp_path):
     assert "Running" not in again.stdout
     assert hashlib.sha256(page.read_bytes()).hexdigest() == digest, "a re-run that changed nothing changed the report"
 
+    # An edited stage: the pipeline still says Succeeded when the quickstart starts following; it must wait for
+    # the operator to run the edited stage and the one after it under their new keys.
+    stages = list(yaml.safe_load_all((example / "stages.yaml").read_text()))
+    stages[1]["spec"]["midtrain"]["maxSteps"] = 3
+    (example / "stages.yaml").write_text(yaml.safe_dump_all(stages))
+    edited = quickstart(cluster, example)
+    assert edited.returncode == 0, edited.stdout[-3000:] + edited.stderr[-3000:]
+    for stage in ("midtrain", "eval-midtrain"):
+        assert any(stage in line and "Succeeded" in line for line in edited.stdout.splitlines()), edited.stdout
+    assert any("midtrain " in line and "Running" in line for line in edited.stdout.splitlines()), edited.stdout
+    assert hashlib.sha256(page.read_bytes()).hexdigest() != digest, "the report shows the edited run"
+
 
 def test_quickstart_names_the_field_of_a_bad_recipe(cluster, tmp_path):
     example = small_recipe(tmp_path / "recipe", "qs-bad")
@@ -108,6 +121,27 @@ def test_stage_views_are_in_pipeline_order_with_live_values_and_results():
     teacher = stage("rollouts", "generate", [], {"phase": "Running", "progress": {"step": 40, "totalSteps": 1800, "etaSeconds": 90, "text": "training tiny-teacher 40/1800"}})
     [view] = stage_views([teacher], {"rollouts": {"loss": 0.5}})
     assert "training tiny-teacher 40/1800" in view.line() and "loss 0.5" in view.line() and "ETA 1:30" in view.line()
+
+
+def test_the_pipeline_phase_counts_only_once_its_status_has_caught_up_with_the_specs():
+    def done(name, deps, generation=1, observed=1, key=None, phase="Succeeded"):
+        st = stage(name, "sft", deps, {"phase": phase, "observedGeneration": observed, "cacheKey": key})
+        st.metadata["generation"] = generation
+        return st
+
+    first = [done("a", []), done("b", ["a"])]
+    keys = cache_keys({s.metadata["name"]: s for s in first}, "img")
+    settled = [done("a", [], key=keys["a"]), done("b", ["a"], key=keys["b"])]
+    body = {"metadata": {"generation": 1}, "status": {"phase": "Succeeded", "observedGeneration": 1}}
+    assert current_phase(body, settled, keys) == "Succeeded"
+    assert current_phase({**body, "status": {"phase": "Failed", "observedGeneration": 1}}, settled, keys) == "Failed"
+    edited = [done("a", [], generation=2, observed=1, key=keys["a"]), settled[1]]
+    assert current_phase(body, edited, keys) == "Running", "the operator has not seen the edit yet"
+    downstream = [settled[0], done("b", ["a"], key="its-key-before-a-changed")]
+    assert current_phase(body, downstream, keys) == "Running", "b still shows its result under an old key"
+    assert current_phase(body, [done("a", [], phase="Running", key=keys["a"]), settled[1]], keys) == "Running"
+    assert current_phase({"metadata": {"generation": 2}, "status": {"phase": "Succeeded", "observedGeneration": 1}}, settled, keys) == "Running"
+    assert current_phase({**body, "status": {"phase": "Running"}}, settled, keys) == "Running"
 
 
 def test_follow_prints_a_line_per_change_without_a_terminal():
