@@ -11,11 +11,15 @@ from gradatim.trainer.tiny import tiny_math
 from tests.trainer_harness import run_trainer, stage_spec
 
 
-def test_dpo_prefers_the_chosen_rollouts(cluster, tmp_path):
+PARAMS = {"beta": 0.1, "learningRate": 1e-3, "batchSize": 8, "microBatchSize": 4, "maxSteps": 8,
+          "maxLength": 256, "precision": "fp32", "gradientCheckpointing": False, "warmupRatio": 0.0}
+
+
+def run_dpo(cluster, tmp_path, **params):
+    """(metrics, logged losses) of a dpo stage on 64 planted pairs: a worked solution over a wrong guess."""
     pairs = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "chosen": p.solution(), "rejected": "<think> no idea </think> The answer is $\\boxed{0}$."}
              for p in tiny_math("train", 64)]
-    spec = stage_spec(cluster, "dpo", {"beta": 0.1, "learningRate": 1e-3, "batchSize": 8, "microBatchSize": 4, "maxSteps": 8,
-                                       "maxLength": 256, "precision": "fp32", "gradientCheckpointing": False, "warmupRatio": 0.0}, {})
+    spec = stage_spec(cluster, "dpo", PARAMS | params, {})
     data_uri = spec.output.uri.replace("/dpo/", "/dpo-inputs/") + "pairs/"
     write_jsonl(pairs, tmp_path / "pairs" / "part-00000.jsonl")
     upload_dir(cluster.s3_client(), tmp_path / "pairs", data_uri)
@@ -24,8 +28,20 @@ def test_dpo_prefers_the_chosen_rollouts(cluster, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = s3.read_json(cluster.s3_client(), spec.output.uri + "results.json")["metrics"]
     losses = [float(line.split("loss=")[1].split()[0]) for line in (result.stdout + result.stderr).splitlines() if "Step " in line and "loss=" in line]
+    return metrics, losses
+
+
+def test_dpo_prefers_the_chosen_rollouts(cluster, tmp_path):
+    metrics, losses = run_dpo(cluster, tmp_path)
     assert abs(losses[0] - math.log(2)) < 0.02, "DPO starts at ln 2: the policy equals its reference"
     assert losses[-1] < losses[0] - 0.1 and metrics["reward_margin"] > 0 and metrics["reward_accuracy"] > 0.5, (losses, metrics)
+
+
+def test_the_sft_term_keeps_the_chosen_completions_likely(cluster, tmp_path):
+    plain, _ = run_dpo(cluster, tmp_path / "plain")
+    rpo, losses = run_dpo(cluster, tmp_path / "rpo", sftWeight=1.0)
+    assert losses[0] > math.log(2) + 0.5, "the first loss adds the chosen completions' NLL to ln 2"
+    assert rpo["reward_margin"] > 0 and rpo["chosen_logps"] > plain["chosen_logps"] + 1.0, (plain, rpo)
 
 
 def test_pairs_are_scored_after_the_system_message_their_rollouts_were_sampled_with():

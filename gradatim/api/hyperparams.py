@@ -151,6 +151,10 @@ class DPOParams(TrainingParams, json_schema_extra=rules(BATCH_DIVISIBLE, NO_PACK
     """Strength of the implicit KL constraint to the reference model."""
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "apo_zero", "apo_down", "sppo_hard"] = "sigmoid"
     """DPO loss variant, as TRL names them; `sigmoid` is the original DPO loss."""
+    sft_weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    """Weight of a negative log-likelihood loss on the chosen completions, added to the preference loss (TRL's
+    `sft` loss type, as in RPO); 0: none. It keeps the chosen answers from losing likelihood along with the rejected
+    ones, which few or noisy pairs are prone to."""
     learning_rate: float = Field(default=5e-7, gt=0.0, le=1.0)
     """Peak learning rate (5e-7 for Phi-4-mini-reasoning's rollout DPO)."""
     system_message: str | None = Field(default=None, max_length=16384)

@@ -34,7 +34,11 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     if not rows:
         raise SourceError("inputs.data holds no preference pairs; the generate stage found no prompt with both a correct and an incorrect rollout")
     output_dir = rt.workdir / "dpo"
-    args = training_arguments(params, spec, rt, output_dir, DPOConfig, beta=params.beta, loss_type=[params.loss_type], max_length=params.max_length)
+    losses, weights = [params.loss_type], [1.0]
+    if params.sft_weight > 0:
+        losses, weights = [*losses, "sft"], [*weights, params.sft_weight]
+    args = training_arguments(params, spec, rt, output_dir, DPOConfig, beta=params.beta, loss_type=losses, loss_weights=weights,
+                              max_length=params.max_length)
     progress = ReportingCallback(reporter)
     reference = copy.deepcopy(model).eval()  # the input model, frozen
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -44,5 +48,6 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
     metrics = {"train_loss": final_loss(progress, result),
                "reward_margin": float(last.get("rewards/margins", 0.0)), "reward_accuracy": float(last.get("rewards/accuracies", 0.0)),
+               "chosen_logps": float(last.get("logps/chosen", 0.0)), "rejected_logps": float(last.get("logps/rejected", 0.0)),
                "pairs": float(len(rows)), "steps": float(trainer.state.global_step)}
     return reporter.results(metrics, {"model": model_uri})
