@@ -21,6 +21,7 @@ from kubernetes import config
 
 from gradatim import s3
 from gradatim.api import TrainingStage
+from gradatim.api.resolved import PROGRESS_FILE
 from gradatim.cluster.controlplane import ControlPlane
 from gradatim.cluster.process import spawn, stop_groups
 from gradatim.cluster.progress import ConsoleProgress
@@ -29,7 +30,6 @@ from gradatim.cluster.targets import operator_targets
 from gradatim.local.jobrunner import free_port
 from gradatim.operator import kube
 from gradatim.planner.graph import cache_keys
-from gradatim.api.resolved import PROGRESS_FILE
 from gradatim.planner.render import stage_output_uri
 from gradatim.view import FINISHED, follow, stage_views
 
