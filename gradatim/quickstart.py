@@ -20,7 +20,7 @@ import yaml
 from kubernetes import config
 
 from gradatim import s3
-from gradatim.api import TrainingStage
+from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.api.resolved import PROGRESS_FILE
 from gradatim.cluster.controlplane import ControlPlane
 from gradatim.cluster.process import spawn, stop_groups
@@ -122,9 +122,11 @@ def poll(api, store, namespace: str, pipeline: str):
     """(pipeline phase, stage views) as the API server and S3 have them now."""
     body = kube.get_pipeline(api, namespace, pipeline)
     stages = [kube.parse_stage(b) for b in kube.list_stages(api, namespace) if b.get("spec", {}).get("pipeline") == pipeline]
-    keys = cache_keys({s.metadata["name"]: s for s in stages}, kube.parse_pipeline(body).spec.image) if body else {}
-    live = running_progress(body, stages, store, namespace, keys) if body else {}
-    return current_phase(body, stages, keys), stage_views(stages, live)
+    if body is None:
+        return None, stage_views(stages, {})
+    parsed = kube.parse_pipeline(body)
+    keys = cache_keys({s.metadata["name"]: s for s in stages}, parsed.spec.image)
+    return current_phase(body, stages, keys), stage_views(stages, running_progress(parsed, stages, store, namespace, keys))
 
 
 def current_phase(pipeline_body: dict | None, stages: list[TrainingStage], keys: dict[str, str]) -> str | None:
@@ -146,9 +148,8 @@ def current_phase(pipeline_body: dict | None, stages: list[TrainingStage], keys:
     return phase
 
 
-def running_progress(pipeline_body, stages: list[TrainingStage], store, namespace: str, keys: dict[str, str]) -> dict[str, dict[str, float]]:
+def running_progress(pipeline: TrainingPipeline, stages: list[TrainingStage], store, namespace: str, keys: dict[str, str]) -> dict[str, dict[str, float]]:
     """The values in each running stage's progress.json (loss, reward), where the trainer writes them."""
-    pipeline = kube.parse_pipeline(pipeline_body)
     live = {}
     for stage in stages:
         name = stage.metadata["name"]

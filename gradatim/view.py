@@ -37,9 +37,12 @@ class StageView:
     result: str  # the finished stage's headline metric
     progress_text: str = ""  # `step/total`, after the activity when the trainer names one
 
+    @property
+    def progress(self) -> str:
+        return (self.progress_text or f"{self.step}/{self.total_steps}") if self.total_steps else ""
+
     def line(self) -> str:
-        progress = (self.progress_text or f"{self.step}/{self.total_steps}") if self.total_steps else ""
-        parts = [f"{self.name:<18}", f"{self.type:<13}", f"{self.phase:<10}", progress, self.live, self.result,
+        parts = [f"{self.name:<18}", f"{self.type:<13}", f"{self.phase:<10}", self.progress, self.live, self.result,
                  f"ETA {clock(self.eta_seconds)}" if self.eta_seconds and self.phase == "Running" else ""]
         return "  ".join(p for p in parts if p).rstrip()
 
@@ -98,15 +101,15 @@ def table(title: str, views: Sequence[StageView]) -> Table:
         t.add_column(column, no_wrap=True)
     for v in views:
         style = PHASE_STYLE.get(v.phase, "")
-        bar = progress_bar(v.step, v.total_steps, v.progress_text) if v.total_steps else ""
+        bar = progress_bar(v.step, v.total_steps, v.progress) if v.total_steps else ""
         eta = clock(v.eta_seconds) if v.phase == "Running" else ""
         t.add_row(v.name, v.type, f"[{style}]{v.phase}[/]" if style else v.phase, bar, v.live, v.result, eta)
     return t
 
 
-def progress_bar(step: int, total: int, text: str = "", width: int = 16) -> str:
+def progress_bar(step: int, total: int, text: str, width: int = 16) -> str:
     done = min(width, round(width * step / total)) if total else 0
-    return f"{'█' * done}{'░' * (width - done)} {text or f'{step}/{total}'}"
+    return f"{'█' * done}{'░' * (width - done)} {text}"
 
 
 Poll = Callable[[], tuple[str | None, list[StageView]]]  # (pipeline phase, stage views)

@@ -148,8 +148,7 @@ def test_preparing_names_its_activity_in_progress_json_and_leaves_the_stage_coun
     out = f"s3://{cluster.s3_bucket}/preparing-{uuid.uuid4().hex}/"
     run = spec().model_copy(update={"output": spec().output.model_copy(update={"uri": out})})
     reporter = Reporter(run, store=store, enabled=True, serve_metrics=False)
-    started = time.monotonic() - 10
-    reporter.preparing("training tiny-teacher", 1800, 1800, started, loss=0.25)
+    reporter.preparing("training tiny-teacher", 1800, 1800, loss=0.25)
     progress = s3.read_json(store, out + "progress.json")
     assert progress["activity"] == "training tiny-teacher" and (progress["step"], progress["totalSteps"]) == (1800, 1800)
     assert progress["metrics"] == {"loss": 0.25} and progress["etaSeconds"] == 0

@@ -147,27 +147,27 @@ class Reporter:
         self.history.append({"step": float(step), "elapsed_seconds": elapsed, **{k: float(v) for k, v in values.items() if k in HISTORY}})
         parts = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k in LOGGED)
         log.info("Step %d/%d %s", step, total, parts)
-        if self.store is not None and (now - self._last_write >= PROGRESS_EVERY_SECONDS or step >= total):
-            self._last_write = now
-            write_json(self.store, self.spec.output.uri + PROGRESS_FILE, {
-                "step": step, "totalSteps": total, "etaSeconds": eta, "checkpointUri": self.spec.output.checkpoint_uri,
-                "metrics": {k: float(v) for k, v in values.items()},
-            })
+        self._write_progress(now, step, total, eta, values)
 
-    def preparing(self, activity: str, step: int, total: int, started: float, loss: float | None = None) -> None:
+    def preparing(self, activity: str, step: int, total: int, loss: float | None = None) -> None:
         """News of work before the stage's own steps (training the builtin tiny-teacher on first use): progress.json
         names the `activity`, so the live view shows it with its ETA; the stage's counters and history stay its own."""
         if not self.enabled:
             return
         now = time.monotonic()
         self.steps_started = now
-        if self.store is not None and (now - self._last_write >= PROGRESS_EVERY_SECONDS or step >= total):
-            self._last_write = now
-            eta = (total - step) * (now - started) / step if step else None
-            write_json(self.store, self.spec.output.uri + PROGRESS_FILE, {
-                "step": step, "totalSteps": total, "etaSeconds": eta, "activity": activity, "checkpointUri": self.spec.output.checkpoint_uri,
-                "metrics": {"loss": float(loss)} if loss is not None else {},
-            })
+        eta = (total - step) * (now - self.started) / step if step else None
+        self._write_progress(now, step, total, eta, {"loss": loss} if loss is not None else {}, activity=activity)
+
+    def _write_progress(self, now: float, step: int, total: int, eta: float | None, values: dict[str, Any], **extra: str) -> None:
+        """progress.json, at most every PROGRESS_EVERY_SECONDS and at the last step."""
+        if self.store is None or (now - self._last_write < PROGRESS_EVERY_SECONDS and step < total):
+            return
+        self._last_write = now
+        write_json(self.store, self.spec.output.uri + PROGRESS_FILE, {
+            "step": step, "totalSteps": total, "etaSeconds": eta, "checkpointUri": self.spec.output.checkpoint_uri,
+            "metrics": {k: float(v) for k, v in values.items()}, **extra,
+        })
 
     def results(self, metrics: dict[str, float], outputs: dict[str, str], **extra: Any) -> dict[str, Any]:
         """Writes results.json, last: its presence is what marks the run complete."""

@@ -6,7 +6,6 @@ written for rollout DPO."""
 from __future__ import annotations
 
 import random
-import time
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,9 +54,8 @@ def select(records: Sequence[dict[str, Any]], groups: Sequence[Sequence[Completi
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    started = time.monotonic()
     model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed,
-                                  on_teacher_step=lambda step, steps, loss: reporter.preparing("training tiny-teacher", step, steps, started, loss))
+                                  on_teacher_step=lambda step, steps, loss: reporter.preparing("training tiny-teacher", step, steps, loss))
     model.to(rt.device)
     records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
     mine = list(range(rt.rank, len(records), rt.world_size))
