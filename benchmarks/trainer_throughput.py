@@ -32,10 +32,10 @@ from gradatim.api.hyperparams import MidtrainParams, SFTParams  # noqa: E402
 from gradatim.api.resolved import ResolvedStageSpec  # noqa: E402
 from gradatim.trainer import tiny  # noqa: E402
 from gradatim.trainer.hf import ReportingCallback, training_arguments  # noqa: E402
-from gradatim.trainer.packing import PackedCollator  # noqa: E402
+from gradatim.trainer.packing import PackedCollator, pack  # noqa: E402
 from gradatim.trainer.report import Reporter  # noqa: E402
 from gradatim.trainer.runtime import Runtime  # noqa: E402
-from gradatim.trainer.stages.midtrain import PackedTrainer, Packs, build_packs, documents  # noqa: E402
+from gradatim.trainer.stages.midtrain import PackedTrainer, chat_documents  # noqa: E402
 from gradatim.trainer.stages.sft import to_prompt_completion  # noqa: E402
 from gradatim.trainer.telemetry import Device  # noqa: E402
 
@@ -69,18 +69,18 @@ def midtrain(records, tokenizer, model_kwargs, args, rt, workdir) -> dict[str, d
         params = MidtrainParams(learning_rate=1e-3, epochs=1, batch_size=args.micro_batch, micro_batch_size=args.micro_batch,
                                 max_length=args.max_length, packing=packing, precision=args.precision, gradient_checkpointing=False)
         model = tiny.build_model(tokenizer, seed=0, max_length=args.max_length, **model_kwargs).to(rt.device)
-        docs = documents(records, tokenizer)
-        packs = build_packs(docs, params.max_length, packing)
+        docs = chat_documents(Dataset.from_list(records), tokenizer)
+        packs = pack(docs, params.max_length, packing)
         spec = spec_for("midtrain", params.model_dump())
         reporter = reporter_for(spec, rt)
         clock = Clock()
         targs = training_arguments(params, spec, rt, workdir / f"midtrain-{label}", TrainingArguments, remove_unused_columns=False, disable_tqdm=True)
-        trainer = PackedTrainer(model=model, args=targs, train_dataset=Packs(packs), data_collator=PackedCollator(tokenizer.pad_token_id, block_mask=True),
+        trainer = PackedTrainer(model=model, args=targs, train_dataset=packs, data_collator=PackedCollator(tokenizer.pad_token_id, block_mask=True),
                                 pad_token_id=tokenizer.pad_token_id,
                           callbacks=[ReportingCallback(reporter), clock])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-        real = sum(len(d) for d in docs)
+        real = sum(len(d) for d in docs["input_ids"])
         out[label] = {"tokens_per_second": real / clock.seconds, "seconds": clock.seconds, "sequences": len(packs), "steps": trainer.state.global_step,
                       "mfu": _last(reporter, "mfu_ratio"), "flops": _last(reporter, "model_flops_per_second")}
     return out

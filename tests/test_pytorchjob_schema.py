@@ -53,8 +53,9 @@ FULL_SCALE = {
     },
 }
 FULL_SCALE_CASES = [(example, stage) for example, stages in FULL_SCALE.items() for stage in stages]
+SCRATCH = {"phi4-mini-reasoning": "200Gi", "phi4-reasoning": "1Ti"}
 IMAGE, SHM, QUEUE = "ghcr.io/gradatim/trainer:0.1.0", "256Gi", "gpu-training"
-COMMAND = ["torchrun", "-m", "gradatim.trainer", "--spec", "/etc/gradatim/stage.json"]
+COMMAND = ["torchrun", "-m", "gradatim.trainer", "--spec", "/etc/gradatim/stage.json", "--workdir", "/scratch"]
 OUTPUTS = ("model", "traces", "pairs", "prompts", "data", "results")
 
 MINI_SYSTEM = "Your name is Phi, an AI math expert developed by Microsoft."  # the Phi-4-mini-reasoning chat template's
@@ -139,6 +140,10 @@ def test_full_scale_job_shape(example, name):
         assert container["resources"]["requests"] == container["resources"]["limits"]
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
         assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}} in pod["volumes"]
+        assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
+        assert {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH[example]}} in pod["volumes"]
+        token = next(e for e in container["env"] if e["name"] == "HF_TOKEN")
+        assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": False}}}, "from a Secret"
 
 
 @pytest.mark.parametrize(("example", "name"), FULL_SCALE_CASES)
@@ -152,3 +157,24 @@ def test_full_scale_hyperparameters_follow_the_reports(example, name):
     params = resolved.typed_params()
     assert {key: dotted(params, key) for key in expected} == expected
 
+
+
+# The eval sets as their publishers lay them out (tests/test_datasets.py loads test-made copies through the same code).
+PUBLISHED_EVAL_SETS = {
+    "math500": {"hf": "HuggingFaceH4/MATH-500", "split": "test", "fields": {"prompt": "problem", "id": "unique_id"}},
+    "aime24": {"hf": "HuggingFaceH4/aime_2024", "split": "train", "fields": {"prompt": "problem"}},
+    "aime25": {"hf": "MathArena/aime_2025", "split": "train", "fields": {"prompt": "problem", "id": "problem_idx"}},
+    "gpqa-diamond": {"hf": "Idavidrein/gpqa", "config": "gpqa_diamond", "split": "train",
+                     "fields": {"prompt": "Question", "answer": "Correct Answer", "id": "Record ID",
+                                "choices": ["Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]}},
+    "omnimath": {"hf": "KbsdJames/Omni-MATH", "split": "test", "fields": {"prompt": "problem"}},
+}
+
+
+@pytest.mark.parametrize(("example", "name"), FULL_SCALE_CASES)
+def test_full_scale_eval_sets_are_named_as_published(example, name):
+    pipe, stage, upstream = full_scale_stage(example, name)
+    resolved = ResolvedStageSpec.model_validate(render_stage_spec(stage, pipe, key="k", attempt=1, upstream=upstream))
+    for source in resolved.inputs.eval_data:
+        if source.name in PUBLISHED_EVAL_SETS:
+            assert source.to_wire() == {"name": source.name, **PUBLISHED_EVAL_SETS[source.name]}, source.name

@@ -17,6 +17,7 @@ from gradatim.api.resolved import ResolvedSource
 from gradatim.local.jobrunner import free_port
 from gradatim.s3 import S3Location
 from gradatim.trainer.artifacts import MANIFEST, read_manifest
+from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import load_model
 from gradatim.trainer.tiny import build_model, build_tokenizer
 from tests.trainer_harness import REPO, run_trainer, stage_spec
@@ -40,7 +41,7 @@ def test_sft_trains_and_writes_its_model_to_s3(cluster, tmp_path):
     assert progress["step"] == 12 and progress["totalSteps"] == 12
     losses = [float(line.split("loss=")[1].split()[0]) for line in (result.stdout + result.stderr).splitlines() if "Step " in line and "loss=" in line]
     assert len(losses) == 12 and losses[-1] < losses[0] - 1.0, losses
-    trained, _ = load_model(ResolvedSource(uri=results["outputs"]["model"]), store, tmp_path / "load")
+    trained, _ = load_model(ResolvedSource(uri=results["outputs"]["model"]), store, Runtime.single(tmp_path / "load"))
     fresh = build_model(build_tokenizer(), seed=0)
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), fresh.state_dict().values()))
 
@@ -52,7 +53,7 @@ def list_checkpoints(store, checkpoint_uri: str) -> list[int]:
 
 
 def weights(store, uri, where):
-    model, _ = load_model(ResolvedSource(uri=uri), store, where)
+    model, _ = load_model(ResolvedSource(uri=uri), store, Runtime.single(where))
     return model.state_dict()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,9 @@ class Resources(Model):
     """Memory request and limit per node, e.g. `512Gi`."""
     shm_size: Quantity | None = None
     """Size of the memory-backed `/dev/shm` volume; NCCL and data loaders need more than the default 64Mi."""
+    scratch_size: Quantity | None = None
+    """Size of the node-local scratch volume (an emptyDir at `/scratch`) where inputs are downloaded and tokenised
+    once per pod; it must hold the input model, the datasets and their Arrow cache."""
 
 
 class PipelineResources(Resources):
@@ -44,6 +47,9 @@ class PipelineResources(Resources):
     """Memory request and limit per node, e.g. `512Gi`."""
     shm_size: Quantity = "64Gi"
     """Size of the memory-backed `/dev/shm` volume; NCCL and data loaders need more than the default 64Mi."""
+    scratch_size: Quantity = "200Gi"
+    """Size of the node-local scratch volume (an emptyDir at `/scratch`) where inputs are downloaded and tokenised
+    once per pod; it must hold the input model, the datasets and their Arrow cache."""
 
 
 class S3Storage(Model):
@@ -69,12 +75,17 @@ class Source(
             "set exactly one of hf, uri, fromStage or builtin",
         ),
         Rule("!has(self.output) || has(self.fromStage)", "output selects an output of fromStage; set fromStage too", ".output", "FieldValueForbidden"),
+        Rule("!has(self.revision) || has(self.hf)", "revision pins a Hugging Face Hub id; set hf too", ".revision", "FieldValueForbidden"),
+        Rule("!has(self.revision) || !self.hf.contains('@')", "give the revision once: in revision or after @ in hf", ".revision", "FieldValueForbidden"),
     ),
 ):
     """A model or dataset: exactly one of `hf`, `uri`, `fromStage` or `builtin`."""
 
     hf: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?(@[A-Za-z0-9_.-]+)?$")
-    """Hugging Face Hub id, optionally with a revision: `microsoft/Phi-4-mini-instruct@main`."""
+    """Hugging Face Hub id, optionally with a revision after `@`: `microsoft/Phi-4-mini-instruct@main`. A gated
+    repository needs `HF_TOKEN` in the pipeline's `env`, from a Secret (`valueFrom.secretKeyRef`)."""
+    revision: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_./-]+$")
+    """Revision of the `hf` repository: a branch, tag or commit sha. Pin a commit for a reproducible run."""
     uri: str | None = Field(default=None, min_length=1, max_length=2048, pattern=r"^(s3://[a-z0-9][a-z0-9.-]*[a-z0-9]/\S*|/\S*)$")
     """An `s3://bucket/key/` URI or an absolute path inside the trainer container (e.g. a mounted volume)."""
     from_stage: str | None = Field(default=None, min_length=1, max_length=MAX_STAGE_NAME, pattern=DNS1123_LABEL)
@@ -85,11 +96,45 @@ class Source(
     """A generator shipped in the trainer image, for tests and the quickstart: e.g. `tiny-math:train`, `tiny-model`."""
 
 
+def _column() -> Any:
+    return Field(default=None, min_length=1, max_length=256)
+
+
+class Fields(
+    Model,
+    json_schema_extra=rules(
+        Rule("!has(self.choices) || has(self.answer)", "multiple choice needs answer: the column holding the correct choice (its text, index or letter)", ".answer", "FieldValueRequired"),
+    ),
+):
+    """Which column of the dataset holds what, for datasets published with their own names (MATH-500 and AIME use
+    `problem`; GPQA uses `Question`, `Correct Answer`, `Incorrect Answer 1..3`). Left out: Gradatim's own names."""
+
+    prompt: str | None = _column()
+    """Column with the problem or prompt (default `prompt`)."""
+    answer: str | None = _column()
+    """Column with the gold answer (default `answer`). With `choices`: the correct choice, as its text, its index
+    among the choices (0-based) or its letter."""
+    completion: str | None = _column()
+    """Column with a worked solution or reasoning trace, for training data (default `completion`, else `solution`)."""
+    id: str | None = _column()
+    """Column with a stable record id (default `id`; else the record's index)."""
+    choices: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, min_length=1, max_length=26)
+    """Multiple choice: the columns holding the options (GPQA: `Correct Answer`, `Incorrect Answer 1`, ...), or one
+    column holding a list of options (MMLU: `choices`). The options are shuffled per record (seeded by its id), rendered
+    under the prompt as `A) ...`, and a completion is graded by the letter it answers."""
+
+
 class Dataset(Source):
     """A dataset input; `name` labels its results (e.g. one eval set)."""
 
     name: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
     """Short name used in metrics and reports, e.g. `math500`. Defaults to the source's last path segment."""
+    config: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """The dataset's configuration (subset), as `load_dataset(id, name=...)` takes it, e.g. `gpqa_diamond`."""
+    split: str = Field(default="train", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-\[\]:%]+$")
+    """Which split to read (`train`, `test`, `validation`, or a slice like `train[:1000]`); MATH-500 has only `test`."""
+    fields: Fields | None = None
+    """Which columns hold the prompt, answer, completion, id and choices, when they are not named as Gradatim names them."""
 
 
 class Inputs(

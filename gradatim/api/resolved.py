@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from gradatim.api.base import API_VERSION, Model
-from gradatim.api.common import StageType
+from gradatim.api.common import Fields, StageType
 from gradatim.api.hyperparams import PARAMS_BY_TYPE
 
 # Seconds the trainer waits at exit for one last scrape of its metrics (0: no wait). A job runner that knows
@@ -25,10 +25,20 @@ class ResolvedSource(Model):
     """A model or dataset the trainer can load: exactly one of hf, uri or builtin."""
 
     hf: str | None = None
+    revision: str | None = None
     uri: str | None = None
     builtin: str | None = None
     name: str | None = None
+    config: str | None = None
+    split: str = "train"
+    fields: Fields | None = None
     produced_by: ProducedBy | None = None
+
+    @property
+    def hub(self) -> tuple[str, str | None]:
+        """(repository, revision) of an `hf` source."""
+        repo, _, at = (self.hf or "").partition("@")
+        return repo, self.revision or at or None
 
     @property
     def label(self) -> str:

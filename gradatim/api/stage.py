@@ -45,13 +45,52 @@ GATE_METRICS: dict[StageType, tuple[str, ...]] = {
 RATIO_METRICS = ("acceptance_rate", "pass_rate_mean", "removed_fraction", "reward_accuracy", "correctness_mean")
 
 
-class EnvVar(Model):
-    """An environment variable for the trainer container (e.g. NCCL tuning)."""
+class KeyRef(Model):
+    """One key of a Secret or ConfigMap in the stage's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Name of the Secret or ConfigMap."""
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key whose value becomes the variable."""
+    optional: bool = False
+    """Start the trainer even if the Secret/ConfigMap or key is missing (the variable is then unset)."""
+
+
+class EnvVarSource(Model, json_schema_extra=rules(Rule("[has(self.secretKeyRef), has(self.configMapKeyRef)].filter(x, x).size() == 1", "set exactly one of secretKeyRef or configMapKeyRef"))):
+    """Where a variable's value comes from: a key of a Secret or of a ConfigMap, read when the pod starts."""
+
+    secret_key_ref: KeyRef | None = None
+    """A key of a Secret: how credentials (HF_TOKEN, API keys) reach the trainer without appearing in the spec."""
+    config_map_key_ref: KeyRef | None = None
+    """A key of a ConfigMap."""
+
+
+# Names that hold credentials: their values must come from a Secret, never sit in the spec in plain text.
+CREDENTIAL_NAME = "(?i)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|CREDENTIAL)"
+
+
+class EnvVar(
+    Model,
+    json_schema_extra=rules(
+        Rule("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both", ".valueFrom", "FieldValueForbidden"),
+        Rule(f"!has(self.value) || self.value == '' || !self.name.matches('{CREDENTIAL_NAME}')",
+             "this variable holds a credential: keep it in a Secret and use valueFrom.secretKeyRef instead of value", ".value", "FieldValueForbidden"),
+    ),
+):
+    """An environment variable for the trainer container (e.g. NCCL tuning, or HF_TOKEN from a Secret)."""
 
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     """Variable name."""
-    value: str = Field(default="", max_length=32768)
-    """Variable value."""
+    value: str | None = Field(default=None, max_length=32768)
+    """Variable value, in plain text; credentials must use `valueFrom`."""
+    value_from: EnvVarSource | None = None
+    """Read the value from a Secret or ConfigMap key when the pod starts (`HF_TOKEN` for gated Hub repositories)."""
+
+    def to_container(self) -> dict[str, Any]:
+        """As a container's env entry."""
+        if self.value_from is None:
+            return {"name": self.name, "value": self.value or ""}
+        return {"name": self.name, "valueFrom": self.value_from.to_wire()}
 
 
 def _type_block_rules() -> list[Rule]:

@@ -25,6 +25,8 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 SPEC_DIR = "/etc/gradatim"
 SPEC_FILE = "stage.json"
+# Node-local scratch (an emptyDir): inputs are downloaded and tokenised once per pod, checkpoints staged.
+SCRATCH_DIR = "/scratch"
 METRICS_PORT = 9090
 # The main output of each type, for `fromStage` inputs that name no `output`.
 MAIN_OUTPUT = {"generate": "traces", "decontaminate": "data", "midtrain": "model", "sft": "model", "dpo": "model", "grpo": "model", "eval": "results"}
@@ -81,12 +83,12 @@ def missing_outputs(stage: TrainingStage, upstream: Mapping[str, Upstream]) -> l
 
 def resolve_source(source: Source, upstream: Mapping[str, Upstream]) -> ResolvedSource:
     """A source with `fromStage` replaced by the URI of that stage's output."""
-    name = getattr(source, "name", None)
+    shape = {k: getattr(source, k) for k in ("name", "config", "split", "fields") if getattr(source, k, None) is not None}  # datasets only
     if source.from_stage is None:
-        return ResolvedSource(hf=source.hf, uri=source.uri, builtin=source.builtin, name=name)
+        return ResolvedSource(hf=source.hf, revision=source.revision, uri=source.uri, builtin=source.builtin, **shape)
     up = upstream[source.from_stage]
     output = source.output or MAIN_OUTPUT[up.type]
-    return ResolvedSource(uri=up.uri(source.output), name=name, produced_by=ProducedBy(stage=source.from_stage, output=output))
+    return ResolvedSource(uri=up.uri(source.output), produced_by=ProducedBy(stage=source.from_stage, output=output), **shape)
 
 
 def render_stage_spec(
@@ -173,9 +175,9 @@ def _env(stage: TrainingStage, pipeline: TrainingPipeline, attempt: int) -> list
         env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
     else:  # an endpoint kept in the Secret (e.g. an in-cluster store) is used when present
         env.append({"name": "AWS_ENDPOINT_URL", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": "AWS_ENDPOINT_URL", "optional": True}}})
-    overrides = {e.name: e.value for e in [*pipeline.spec.env, *stage.spec.env]}
+    overrides = {e.name: e.to_container() for e in [*pipeline.spec.env, *stage.spec.env]}  # the stage's win
     env = [e for e in env if e["name"] not in overrides]
-    env.extend({"name": k, "value": v} for k, v in overrides.items())
+    env.extend(overrides.values())
     return env
 
 
@@ -190,16 +192,18 @@ def _replica(stage: TrainingStage, pipeline: TrainingPipeline, resources: dict[s
                 "name": "pytorch",
                 "image": stage.spec.image or pipeline.spec.image,
                 "imagePullPolicy": pipeline.spec.image_pull_policy,
-                "command": ["torchrun", "-m", "gradatim.trainer", "--spec", f"{SPEC_DIR}/{SPEC_FILE}"],
+                "command": ["torchrun", "-m", "gradatim.trainer", "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--workdir", SCRATCH_DIR],
                 "env": _env(stage, pipeline, attempt),
                 "ports": [{"name": "pytorchjob-port", "containerPort": 23456}, {"name": "metrics", "containerPort": METRICS_PORT}],
                 "resources": {"requests": dict(limits), "limits": limits},
-                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True}],
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True},
+                                 {"name": "scratch", "mountPath": SCRATCH_DIR}],
             }
         ],
         "volumes": [
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(resources["shm_size"])}},
             {"name": "stage-spec", "configMap": {"name": configmap}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": str(resources["scratch_size"])}},
         ],
     }
     priority = stage.spec.priority_class_name or pipeline.spec.priority_class_name

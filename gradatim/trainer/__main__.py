@@ -19,9 +19,10 @@ IMPLEMENTED = ("decontaminate", "dpo", "eval", "generate", "grpo", "midtrain", "
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradatim.trainer")
     parser.add_argument("--spec", required=True, help="the resolved stage spec (JSON) the operator wrote")
+    parser.add_argument("--workdir", help="node-local scratch for inputs and caches (the pod's scratch volume)")
     args = parser.parse_args(argv)
     spec = ResolvedStageSpec.model_validate(json.loads(open(args.spec).read()))
-    rt = Runtime.from_env()
+    rt = Runtime.from_env(args.workdir)
     logging.basicConfig(level=logging.INFO if rt.is_rank0 else logging.WARNING,
                         format=f"%(asctime)s rank{rt.rank} %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("gradatim.trainer")

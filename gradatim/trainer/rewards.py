@@ -37,6 +37,30 @@ def is_correct(gold: str, completion: str) -> bool:
     return bool(verify(gold_parsed, answer, timeout_seconds=timeout))
 
 
+BOXED_LETTER = re.compile(r"\\boxed\{\s*\(?([A-Z])\)?\s*\}")
+STATED_LETTER = re.compile(r"(?:answer|choice)\s*(?:is|:)?\s*\(?\*{0,2}([A-Z])\b\)?", re.IGNORECASE)
+
+
+def chosen_letter(completion: str, n_choices: int) -> str | None:
+    """The letter a multiple-choice completion answers: its last `\\boxed{X}`, else its last "answer: X" / "the
+    answer is (X)"; None when it names no valid letter. The reasoning before `</think>` is not read."""
+    final = completion.rsplit("</think>", 1)[-1]
+    valid = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_choices]
+    for pattern in (BOXED_LETTER, STATED_LETTER):
+        found = [m.group(1).upper() for m in pattern.finditer(final)]
+        if found and found[-1] in valid:
+            return found[-1]
+    return None
+
+
+def grade(record: dict, completion: str) -> bool:
+    """Whether a completion answers a problem record correctly: by letter for multiple choice (records with
+    `choices`), else by math-verify against the gold answer."""
+    if record.get("choices"):
+        return chosen_letter(completion, len(record["choices"])) == str(record["answer"])
+    return is_correct(str(record["answer"]), completion)
+
+
 def length_scaled(correct: bool, length: int, cfg: LengthAwareReward) -> float:
     """Correct: `correctMax` up to L_pos, then a cosine down to `correctMin` at L_max. Wrong: a cosine from
     `incorrectMin` at length 0 up to `incorrectMax` at L_neg, so a wrong answer is penalised less the longer it

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ class Runtime:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> Runtime:
+    def from_env(cls, workdir: str | os.PathLike | None = None) -> Runtime:
         """Reads the env torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK) and joins the process group: NCCL on
         GPUs, gloo on CPU."""
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,9 +42,24 @@ class Runtime:
             device = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        workdir = Path(os.environ.get("GRADATIM_WORKDIR") or tempfile.mkdtemp(prefix="gradatim-"))
-        workdir.mkdir(parents=True, exist_ok=True)
-        return cls(rank, world, local_rank, device, workdir)
+        return cls(rank, world, local_rank, device, _workdir(workdir))
+
+    @classmethod
+    def single(cls, workdir: str | os.PathLike) -> Runtime:
+        """One process on the CPU, no process group: tests and tools that load what a stage would."""
+        return cls(0, 1, 0, torch.device("cpu"), _workdir(workdir))
+
+    @contextmanager
+    def node_first(self) -> Iterator[None]:
+        """Local rank 0 runs the block first (a download into the node's scratch, a tokenisation cache), then
+        the node's other ranks run it and find the work done. Every rank must enter it, in the same order."""
+        if self.local_rank != 0:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.local_rank == 0:
+                self.barrier()
 
     def barrier(self) -> None:
         if dist.is_initialized():
@@ -51,3 +68,17 @@ class Runtime:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _workdir(given: str | os.PathLike | None) -> Path:
+    """The node's scratch: `--workdir` (the pod's scratch volume), else GRADATIM_WORKDIR, else a temp dir that
+    the node's ranks share (under torchrun they are children of one agent process)."""
+    given = given or os.environ.get("GRADATIM_WORKDIR")
+    if given:
+        path = Path(given)
+    elif "LOCAL_RANK" in os.environ:
+        path = Path(tempfile.gettempdir()) / f"gradatim-{os.getppid()}"
+    else:
+        path = Path(tempfile.mkdtemp(prefix="gradatim-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -73,17 +73,18 @@ class EvalIndex:
         return best
 
 
-def decontaminate(train: list[dict[str, Any]], evals: Sequence[tuple[str, list[dict[str, Any]]]], n: int, threshold: float,
-                  fields: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(kept, removed); each removed record says which eval item it overlapped, how much, and one shared n-gram."""
+def decontaminate(train: Iterable[dict[str, Any]], evals: Sequence[tuple[str, list[dict[str, Any]]]], n: int, threshold: float,
+                  fields: Sequence[str]) -> tuple[list[int], list[dict[str, Any]]]:
+    """(indices of the records kept, removed); each removed record says which eval item it overlapped, how much,
+    and one shared n-gram. Only indices are kept, so a training set of millions streams through."""
     index = EvalIndex(evals, n)
     kept, removed = [], []
-    for record in train:
+    for i, record in enumerate(train):
         fraction, item, gram = index.worst_overlap(text_of(record, fields))
         if item is not None and fraction >= threshold:
             removed.append({"record": record, "evalSet": item[0], "evalIndex": item[1], "overlap": fraction, "sharedNgram": " ".join(gram or ())})
         else:
-            kept.append(record)
+            kept.append(i)
     return kept, removed
 
 
@@ -91,13 +92,15 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     params = spec.typed_params()
     outputs: dict[str, str] = {}
     metrics: dict[str, float] = {}
+    train = load_all(spec.inputs.data, store, rt, spec.seed)
+    evals = [(s.label, load_records(s, store, rt, spec.seed)) for s in spec.inputs.eval_data]
     if rt.is_rank0:  # one pass over the text; nothing to share across processes
-        train = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
-        evals = [(s.label, load_records(s, store, rt.workdir, spec.seed)) for s in spec.inputs.eval_data]
         kept, removed = decontaminate(train, evals, params.ngram_size, params.threshold, params.fields)
         reporter.progress(len(train), len(train))
-        for name, rows in (("data", kept), ("removed", removed)):
-            write_jsonl(rows, rt.workdir / name / "part-00000.jsonl")
+        (rt.workdir / "data").mkdir(parents=True, exist_ok=True)
+        train.select(kept).to_json(str(rt.workdir / "data" / "part-00000.jsonl"), lines=True, force_ascii=False)
+        write_jsonl(removed, rt.workdir / "removed" / "part-00000.jsonl")
+        for name in ("data", "removed"):
             outputs[name] = spec.output.uri + name + "/"
             upload_dir(store, rt.workdir / name, outputs[name])
         metrics = {"kept": float(len(kept)), "removed": float(len(removed)), "removed_fraction": len(removed) / max(1, len(train))}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
@@ -17,7 +16,7 @@ from gradatim.trainer.sources import SourceError, load_all, load_model
 
 
 def to_preference(record: dict[str, Any], system_message: str | None = None) -> dict[str, Any]:
-    if not all(k in record for k in ("prompt", "chosen", "rejected")):
+    if not all(record.get(k) is not None for k in ("prompt", "chosen", "rejected")):
         raise SourceError(f"record {record.get('id', '?')} needs prompt, chosen and rejected fields (the `pairs` output of generate)")
     system = [{"role": "system", "content": system_message}] if system_message else []
     return {
@@ -29,9 +28,9 @@ def to_preference(record: dict[str, Any], system_message: str | None = None) -> 
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    rows = [to_preference(r, params.system_message) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
-    if not rows:
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=lambda r: to_preference(r, params.system_message))
+    if len(rows) == 0:
         raise SourceError("inputs.data holds no preference pairs; the generate stage found no prompt with both a correct and an incorrect rollout")
     output_dir = rt.workdir / "dpo"
     losses, weights = [params.loss_type], [1.0]
@@ -41,7 +40,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
                               max_length=params.max_length)
     progress = ReportingCallback(reporter)
     reference = copy.deepcopy(model).eval()  # the input model, frozen
-    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer,
                          callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)

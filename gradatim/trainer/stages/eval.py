@@ -13,7 +13,7 @@ from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.generation import chat_prompt, sample
 from gradatim.trainer.report import Reporter
-from gradatim.trainer.rewards import is_correct
+from gradatim.trainer.rewards import grade
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import load_model, load_records, write_jsonl
 
@@ -41,9 +41,9 @@ def gather(rows: list[dict[str, Any]], rt: Runtime) -> list[dict[str, Any]]:
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed)
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed)
     model.to(rt.device)
-    sets = [(source.label, load_records(source, store, rt.workdir, spec.seed)) for source in spec.inputs.eval_data]
+    sets = [(source.label, load_records(source, store, rt, spec.seed)) for source in spec.inputs.eval_data]
     total = sum(len(records) for _, records in sets)
     done = 0
     metrics: dict[str, float] = {}
@@ -63,7 +63,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         rows = []
         for i, group in zip(mine, groups):
             gold = str(records[i]["answer"])
-            verdicts = [is_correct(gold, c.text) for c in group]
+            verdicts = [grade(records[i], c.text) for c in group]
             rows.append({"index": i, "id": records[i].get("id", str(i)), "prompt": records[i]["prompt"], "answer": gold,
                          "completions": [c.text for c in group], "correct": verdicts, "pass_rate": sum(verdicts) / len(verdicts),
                          "lengths": [len(c.token_ids) for c in group]})

@@ -16,7 +16,7 @@ from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.generation import Completion, chat_prompt, sample
 from gradatim.trainer.report import Reporter
-from gradatim.trainer.rewards import is_correct
+from gradatim.trainer.rewards import grade
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import load_all, load_model, write_jsonl
 from gradatim.trainer.stages.eval import gather
@@ -54,11 +54,12 @@ def select(records: Sequence[dict[str, Any]], groups: Sequence[Sequence[Completi
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed,
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed,
                                   on_teacher_step=lambda step, steps, loss: reporter.preparing("training tiny-teacher", step, steps, loss))
     model.to(rt.device)
-    records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
+    records = load_all(spec.inputs.data, store, rt, spec.seed)
     mine = list(range(rt.rank, len(records), rt.world_size))
+    my_records = records.select(mine).to_list()
     done = 0
 
     def advance(n: int) -> None:
@@ -66,15 +67,15 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         done += n * rt.world_size
         reporter.progress(min(done, len(records)), len(records), samples=n * params.samples_per_prompt * rt.world_size)
 
-    prompts = [chat_prompt(tokenizer, records[i]["prompt"], params.system_message) for i in mine]
+    prompts = [chat_prompt(tokenizer, r["prompt"], params.system_message) for r in my_records]
     groups = sample(model, tokenizer, prompts, params.samples_per_prompt, params, params.batch_size, spec.seed + rt.rank, advance)
-    rows = [{"index": i, "group": [c.__dict__ for c in g], "correct": [is_correct(str(records[i]["answer"]), c.text) for c in g]}
-            for i, g in zip(mine, groups)]
+    rows = [{"index": i, "group": [c.__dict__ for c in g], "correct": [grade(r, c.text) for c in g]}
+            for i, r, g in zip(mine, my_records, groups)]
     rows = gather(rows, rt)
     outputs: dict[str, str] = {}
     metrics: dict[str, float] = {}
     if rt.is_rank0:
-        ordered = [records[r["index"]] for r in rows]
+        ordered = records.select([r["index"] for r in rows]).to_list()
         chosen = select(ordered, [[Completion(**c) for c in r["group"]] for r in rows], [r["correct"] for r in rows], params, spec.seed)
         for name, items in (("traces", chosen.traces), ("pairs", chosen.pairs), ("prompts", chosen.prompts), ("stats", chosen.stats)):
             write_jsonl(items, rt.workdir / name / "part-00000.jsonl")

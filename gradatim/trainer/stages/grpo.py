@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from gradatim.api.hyperparams import GRPOParams
@@ -44,7 +43,7 @@ def reward_functions(params: GRPOParams, tokenizer: Any) -> list[Any]:
 
 
 def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, Any]:
-    if "prompt" not in record or "answer" not in record:
+    if record.get("prompt") is None or record.get("answer") is None:
         raise SourceError(f"record {record.get('id', '?')} needs prompt and answer fields (a verifiable problem)")
     messages = ([{"role": "system", "content": system_message}] if system_message else []) + [{"role": "user", "content": record["prompt"]}]
     return {"prompt": messages, "answer": str(record["answer"])}
@@ -52,9 +51,9 @@ def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, A
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    rows = [to_prompt(r, params.system_message) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
-    if not rows:
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=lambda r: to_prompt(r, params.system_message))
+    if len(rows) == 0:
         raise SourceError("inputs.data holds no prompts")
     output_dir = rt.workdir / "grpo"
     cfg = params.rewards
@@ -66,7 +65,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     )
     progress = ReportingCallback(reporter)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                          train_dataset=rows, processing_class=tokenizer,
                           callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)

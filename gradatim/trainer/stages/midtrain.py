@@ -5,28 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow.compute as pc
 import torch
-from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
-from gradatim.trainer.packing import PackedCollator, pack_best_fit, split_long
+from gradatim.trainer.packing import PackedCollator, pack
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import load_all, load_model
 from gradatim.trainer.stages.sft import to_prompt_completion
-
-
-class Packs(Dataset):
-    def __init__(self, packs: list[list[list[int]]]) -> None:
-        self.packs = packs
-
-    def __len__(self) -> int:
-        return len(self.packs)
-
-    def __getitem__(self, i: int) -> list[list[int]]:
-        return self.packs[i]
 
 
 class PackedTrainer(Trainer):
@@ -43,36 +32,37 @@ class PackedTrainer(Trainer):
         self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
 
 
-def documents(records: list[dict[str, Any]], tokenizer: Any) -> list[list[int]]:
-    """Each record as one chat-formatted token sequence (prompt and trace), ending with the end-of-turn token."""
-    docs = []
-    for record in records:
-        row = to_prompt_completion(record, None, think=True)
-        ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
-        docs.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids))
-    return docs
+def chat_documents(records: Any, tokenizer: Any) -> Any:
+    """Each record as one chat-formatted token sequence (prompt and trace, ending with the end-of-turn token), as a
+    `datasets.Dataset` of `input_ids`. Batched and cached by `datasets`: the node's other ranks reuse the Arrow
+    file local rank 0 wrote."""
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        conversations = [[*row["prompt"], *row["completion"]] for row in map(_as_chat, rows)]
+        ids = tokenizer.apply_chat_template(conversations, tokenize=True)
+        return {"input_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)}
+
+    return records.map(tokenize, batched=True, batch_size=1000, remove_columns=records.column_names, desc="tokenising")
 
 
-def build_packs(docs: list[list[int]], max_length: int, packing: bool) -> list[list[list[int]]]:
-    docs = split_long(docs, max_length)
-    if not packing:
-        return [[d] for d in docs]
-    return [[docs[i] for i in pack] for pack in pack_best_fit([len(d) for d in docs], max_length)]
+def _as_chat(record: dict[str, Any]) -> dict[str, Any]:
+    return to_prompt_completion({k: v for k, v in record.items() if v is not None}, None, think=True)
 
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
-    docs = documents(records, tokenizer)
-    packs = build_packs(docs, params.max_length, params.packing)
-    real_tokens = sum(len(d) for d in docs)
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    records = load_all(spec.inputs.data, store, rt, spec.seed)
+    with rt.node_first():  # local rank 0 tokenises and packs; the node's other ranks load its cached Arrow files
+        docs = chat_documents(records, tokenizer)
+        packs = pack(docs, params.max_length, params.packing)
+    real_tokens = pc.sum(pc.list_flatten(packs.data.column("seq_lengths"))).as_py() or 0
     flash = getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3")
     collator = PackedCollator(tokenizer.pad_token_id, block_mask=not flash)
     output_dir = rt.workdir / "midtrain"
     args = training_arguments(params, spec, rt, output_dir, TrainingArguments, remove_unused_columns=False)
     progress = ReportingCallback(reporter)
-    trainer = PackedTrainer(model=model, args=args, train_dataset=Packs(packs), data_collator=collator, pad_token_id=tokenizer.pad_token_id,
+    trainer = PackedTrainer(model=model, args=args, train_dataset=packs, data_collator=collator, pad_token_id=tokenizer.pad_token_id,
                       callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
@@ -20,7 +19,7 @@ THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 def to_prompt_completion(record: dict[str, Any], system_message: str | None, think: bool) -> dict[str, Any]:
     """A conversational prompt-completion row from a trace record (`prompt` with `completion` or `solution`)."""
-    if "messages" in record:
+    if record.get("messages"):
         *head, last = record["messages"]
         prompt, completion = head, last["content"]
     else:
@@ -37,14 +36,13 @@ def to_prompt_completion(record: dict[str, Any], system_message: str | None, thi
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
-    records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
-    rows = [to_prompt_completion(r, params.system_message, params.think_format) for r in records]
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=lambda r: to_prompt_completion(r, params.system_message, params.think_format))
     output_dir = rt.workdir / "sft"
     args = training_arguments(params, spec, rt, output_dir, SFTConfig, max_length=params.max_length, packing=params.packing)
     progress = ReportingCallback(reporter)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        model=model, args=args, train_dataset=rows, processing_class=tokenizer,
         callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)],
     )
     if len(trainer.train_dataset) == 0:
