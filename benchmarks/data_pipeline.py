@@ -92,7 +92,7 @@ def rank_main(args: argparse.Namespace) -> None:
     from gradatim.trainer.packing import pack
     from gradatim.trainer.runtime import Runtime
     from gradatim.trainer.sources import load_all
-    from gradatim.trainer.stages.midtrain import chat_documents
+    from gradatim.trainer.stages.midtrain import as_chat, chat_documents
     from transformers import AutoTokenizer
 
     datasets.disable_progress_bars()
@@ -112,7 +112,7 @@ def rank_main(args: argparse.Namespace) -> None:
         old_pack_best_fit(prefix, args.max_length)
         report["packer_seconds_prefix"] = time.perf_counter() - t
     else:
-        rows = load_all([ResolvedSource(uri=args.uri)], store, rt)
+        rows = load_all([ResolvedSource(uri=args.uri)], store, rt, to_row=as_chat)
         with rt.node_first():  # as the midtrain stage does
             docs = chat_documents(rows, tokenizer)
             t = time.perf_counter()

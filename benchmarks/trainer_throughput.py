@@ -35,7 +35,7 @@ from gradatim.trainer.hf import ReportingCallback, training_arguments  # noqa: E
 from gradatim.trainer.packing import PackedCollator, pack  # noqa: E402
 from gradatim.trainer.report import Reporter  # noqa: E402
 from gradatim.trainer.runtime import Runtime  # noqa: E402
-from gradatim.trainer.stages.midtrain import PackedTrainer, chat_documents  # noqa: E402
+from gradatim.trainer.stages.midtrain import PackedTrainer, as_chat, chat_documents  # noqa: E402
 from gradatim.trainer.stages.sft import to_prompt_completion  # noqa: E402
 from gradatim.trainer.telemetry import Device  # noqa: E402
 
@@ -69,7 +69,7 @@ def midtrain(records, tokenizer, model_kwargs, args, rt, workdir) -> dict[str, d
         params = MidtrainParams(learning_rate=1e-3, epochs=1, batch_size=args.micro_batch, micro_batch_size=args.micro_batch,
                                 max_length=args.max_length, packing=packing, precision=args.precision, gradient_checkpointing=False)
         model = tiny.build_model(tokenizer, seed=0, max_length=args.max_length, **model_kwargs).to(rt.device)
-        docs = chat_documents(Dataset.from_list(records), tokenizer)
+        docs = chat_documents(Dataset.from_list([as_chat(r) for r in records]), tokenizer)
         packs = pack(docs, params.max_length, packing)
         spec = spec_for("midtrain", params.model_dump())
         reporter = reporter_for(spec, rt)

@@ -32,29 +32,29 @@ class PackedTrainer(Trainer):
         self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
 
 
-def chat_documents(records: Any, tokenizer: Any) -> Any:
-    """Each record as one chat-formatted token sequence (prompt and trace, ending with the end-of-turn token), as a
+def as_chat(record: dict[str, Any]) -> dict[str, Any]:
+    """A trace record as prompt and completion messages, the whole `<think>` trace kept."""
+    return to_prompt_completion(record, None, think=True)
+
+
+def chat_documents(rows: Any, tokenizer: Any) -> Any:
+    """Each chat row (`as_chat`) as one token sequence, prompt and trace ending with the end-of-turn token, as a
     `datasets.Dataset` of `input_ids`. Batched and cached by `datasets`: the node's other ranks reuse the Arrow
     file local rank 0 wrote."""
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        conversations = [[*row["prompt"], *row["completion"]] for row in map(_as_chat, rows)]
+        conversations = [[*prompt, *completion] for prompt, completion in zip(batch["prompt"], batch["completion"])]
         ids = tokenizer.apply_chat_template(conversations, tokenize=True)
         return {"input_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)}
 
-    return records.map(tokenize, batched=True, batch_size=1000, remove_columns=records.column_names, desc="tokenising")
-
-
-def _as_chat(record: dict[str, Any]) -> dict[str, Any]:
-    return to_prompt_completion({k: v for k, v in record.items() if v is not None}, None, think=True)
+    return rows.map(tokenize, batched=True, batch_size=1000, remove_columns=rows.column_names, desc="tokenising")
 
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
-    records = load_all(spec.inputs.data, store, rt, spec.seed)
+    rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=as_chat)
     with rt.node_first():  # local rank 0 tokenises and packs; the node's other ranks load its cached Arrow files
-        docs = chat_documents(records, tokenizer)
+        docs = chat_documents(rows, tokenizer)
         packs = pack(docs, params.max_length, params.packing)
     real_tokens = pc.sum(pc.list_flatten(packs.data.column("seq_lengths"))).as_py() or 0
     flash = getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3")

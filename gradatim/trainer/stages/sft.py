@@ -24,7 +24,7 @@ def to_prompt_completion(record: dict[str, Any], system_message: str | None, thi
         prompt, completion = head, last["content"]
     else:
         completion = record.get("completion") or record.get("solution")
-        if "prompt" not in record or completion is None:
+        if record.get("prompt") is None or completion is None:
             raise SourceError(f"record {record.get('id', '?')} needs prompt and completion (or solution) fields")
         prompt = [{"role": "user", "content": record["prompt"]}]
     if system_message and not any(m["role"] == "system" for m in prompt):

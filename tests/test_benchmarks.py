@@ -1,0 +1,32 @@
+"""A tiny run of every benchmark, so none can rot: each must finish and print its figures."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_data_pipeline_benchmark_runs():
+    out = run("data_pipeline.py", "--records", "1500", "--packer-docs", "400", "--max-length", "512")
+    last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert int(last["records"]) == 1500
+    assert float(last["old_peak_rss_mb"]) > 0 and float(last["new_peak_rss_mb"]) > 0 and float(last["packer_speedup"]) > 0
+    assert re.search(r"^new packer on all [\d,]+ documents", out, re.MULTILINE)
+
+
+def test_trainer_throughput_benchmark_runs():
+    out = run("trainer_throughput.py", "--hidden", "32", "--layers", "1", "--docs", "48", "--max-length", "128", "--micro-batch", "8",
+              "--precision", "fp32")
+    assert re.search(r"midtrain packed / padded: x[\d.]+", out) and re.search(r"sft gradatim / plain TRL SFTTrainer: x[\d.]+", out)
