@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import sys
+from datetime import timedelta
 
 from gradatim import s3
 from gradatim.api.resolved import ResolvedStageSpec
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="the resolved stage spec (JSON) the operator wrote")
     args = parser.parse_args(argv)
     spec = ResolvedStageSpec.model_validate(json.loads(open(args.spec).read()))
-    rt = Runtime.from_env()
+    rt = Runtime.from_env(timeout=timedelta(seconds=spec.process_group_timeout_seconds))
     logging.basicConfig(level=logging.INFO if rt.is_rank0 else logging.WARNING,
                         format=f"%(asctime)s rank{rt.rank} %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("gradatim.trainer")

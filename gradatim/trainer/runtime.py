@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -28,9 +29,10 @@ class Runtime:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> Runtime:
+    def from_env(cls, timeout: timedelta = timedelta(minutes=30)) -> Runtime:
         """Reads the env torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK) and joins the process group: NCCL on
-        GPUs, gloo on CPU."""
+        GPUs, gloo on CPU. `timeout`: how long a collective waits for every process (the stage spec's
+        processGroupTimeoutSeconds) before the job fails."""
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
@@ -39,7 +41,7 @@ class Runtime:
         else:
             device = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         workdir = Path(os.environ.get("GRADATIM_WORKDIR") or tempfile.mkdtemp(prefix="gradatim-"))
         workdir.mkdir(parents=True, exist_ok=True)
         return cls(rank, world, local_rank, device, workdir)

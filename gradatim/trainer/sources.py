@@ -77,15 +77,20 @@ def load_all(sources: list[ResolvedSource], store: Any, workdir: Path, seed: int
     return [record for source in sources for record in load_records(source, store, workdir, seed)]
 
 
-def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0, dtype: Any = None, on_teacher_step: Any = None):
-    """(model, tokenizer) for a model source; `on_teacher_step(step, steps, loss)` hears how training the builtin
-    tiny-teacher goes, the first time a machine needs it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0, dtype: Any = "auto", on_teacher_step: Any = None,
+               adjust_config: Any = None):
+    """(model, tokenizer) for a model source, in `dtype` ("auto": the dtype it was saved in);
+    `adjust_config(config)` changes the model's config before the weights load (attention kernel, RoPE);
+    `on_teacher_step(step, steps, loss)` hears how training the builtin tiny-teacher goes, the first time a
+    machine needs it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if source.builtin == "tiny-model":
         tokenizer = tiny.build_tokenizer()
-        return tiny.build_model(tokenizer, seed=seed), tokenizer
+        return tiny.build_model(tokenizer, seed=seed, adjust_config=adjust_config), tokenizer
     if source.builtin == "tiny-teacher":
+        if adjust_config is not None:
+            raise SourceError("builtin model tiny-teacher is cached as built; leave out attention and configOverrides, or use tiny-model")
         return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info, on_step=on_teacher_step)
     if source.builtin:
         raise SourceError(f"builtin model {source.builtin!r}: use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
@@ -95,6 +100,9 @@ def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0,
     else:
         where, kwargs = str(local_copy(source, store, workdir)), {}
     tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    if adjust_config is not None:
+        kwargs["config"] = AutoConfig.from_pretrained(where, **kwargs)
+        adjust_config(kwargs["config"])
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     return model, tokenizer
 

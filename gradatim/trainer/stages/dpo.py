@@ -10,7 +10,8 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -29,7 +30,7 @@ def to_preference(record: dict[str, Any], system_message: str | None = None) -> 
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, **model_settings(params, rt, reference_copy=True))
     rows = [to_preference(r, params.system_message) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
     if not rows:
         raise SourceError("inputs.data holds no preference pairs; the generate stage found no prompt with both a correct and an incorrect rollout")
@@ -37,13 +38,13 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     losses, weights = [params.loss_type], [1.0]
     if params.sft_weight > 0:
         losses, weights = [*losses, "sft"], [*weights, params.sft_weight]
-    args = training_arguments(params, spec, rt, output_dir, DPOConfig, beta=params.beta, loss_type=losses, loss_weights=weights,
+    args = training_arguments(params, spec, rt, output_dir, DPOConfig, model, beta=params.beta, loss_type=losses, loss_weights=weights,
                               max_length=params.max_length)
     progress = ReportingCallback(reporter)
     reference = copy.deepcopy(model).eval()  # the input model, frozen
-    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    trainer = sharded(DPOTrainer)(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[progress, CheckpointSync(store, spec, rt)])
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
     metrics = {"train_loss": final_loss(progress, result),

@@ -11,7 +11,8 @@ from trl import GRPOConfig, GRPOTrainer
 from gradatim.api.hyperparams import GRPOParams
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer import rewards
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -52,23 +53,24 @@ def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, A
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, **model_settings(params, rt, reference_copy=True))
     rows = [to_prompt(r, params.system_message) for r in load_all(spec.inputs.data, store, rt.workdir, spec.seed)]
     if not rows:
         raise SourceError("inputs.data holds no prompts")
     output_dir = rt.workdir / "grpo"
     cfg = params.rewards
     args = training_arguments(
-        params, spec, rt, output_dir, GRPOConfig,
+        params, spec, rt, output_dir, GRPOConfig, model,
         num_generations=params.num_generations, beta=params.beta, epsilon=params.epsilon, epsilon_high=params.epsilon_high,
         max_completion_length=params.max_completion_length, temperature=params.temperature,
+        entropy_coef=params.entropy_coef, top_entropy_quantile=params.top_entropy_quantile,
         reward_weights=[cfg.correctness, cfg.repetition, cfg.format], log_completions=False,
     )
     progress = ReportingCallback(reporter)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
+    trainer = sharded(GRPOTrainer)(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+                          callbacks=[progress, CheckpointSync(store, spec, rt)])
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
     last = history[-1] if history else {}

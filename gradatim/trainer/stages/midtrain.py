@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.packing import PackedCollator, pack_best_fit, split_long
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
@@ -62,7 +63,7 @@ def build_packs(docs: list[list[int]], max_length: int, packing: bool) -> list[l
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, **model_settings(params, rt))
     records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
     docs = documents(records, tokenizer)
     packs = build_packs(docs, params.max_length, params.packing)
@@ -70,11 +71,11 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     flash = getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3")
     collator = PackedCollator(tokenizer.pad_token_id, block_mask=not flash)
     output_dir = rt.workdir / "midtrain"
-    args = training_arguments(params, spec, rt, output_dir, TrainingArguments, remove_unused_columns=False)
+    args = training_arguments(params, spec, rt, output_dir, TrainingArguments, model, remove_unused_columns=False)
     progress = ReportingCallback(reporter)
-    trainer = PackedTrainer(model=model, args=args, train_dataset=Packs(packs), data_collator=collator, pad_token_id=tokenizer.pad_token_id,
-                      callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    trainer = sharded(PackedTrainer)(model=model, args=args, train_dataset=Packs(packs), data_collator=collator, pad_token_id=tokenizer.pad_token_id,
+                      callbacks=[progress, CheckpointSync(store, spec, rt)])
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {
         "train_loss": final_loss(progress, result),

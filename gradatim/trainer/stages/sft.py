@@ -10,7 +10,8 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -37,19 +38,19 @@ def to_prompt_completion(record: dict[str, Any], system_message: str | None, thi
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt.workdir, spec.seed, **model_settings(params, rt))
     records = load_all(spec.inputs.data, store, rt.workdir, spec.seed)
     rows = [to_prompt_completion(r, params.system_message, params.think_format) for r in records]
     output_dir = rt.workdir / "sft"
-    args = training_arguments(params, spec, rt, output_dir, SFTConfig, max_length=params.max_length, packing=params.packing)
+    args = training_arguments(params, spec, rt, output_dir, SFTConfig, model, max_length=params.max_length, packing=params.packing)
     progress = ReportingCallback(reporter)
-    trainer = SFTTrainer(
+    trainer = sharded(SFTTrainer)(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)],
+        callbacks=[progress, CheckpointSync(store, spec, rt)],
     )
     if len(trainer.train_dataset) == 0:
         raise ValueError(f"no example fits in maxLength {params.max_length} tokens with the system message; raise maxLength or shorten systemMessage")
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {"train_loss": final_loss(progress, result),
                "steps": float(trainer.state.global_step), "examples": float(len(rows)),
