@@ -91,18 +91,19 @@ def delete_prefix(store: Any, uri: str) -> None:
 
 
 def prune(store: Any, checkpoint_uri: str, keep: int) -> list[int]:
-    """Deletes every checkpoint older than the `keep` newest complete ones (incomplete leftovers of killed
-    attempts among them); newer incomplete ones may still be uploading and stay. Returns the deleted steps."""
+    """Keeps the `keep` newest complete checkpoints and deletes every other one older than the newest complete
+    one: older complete ones, and incomplete leftovers of killed attempts (uploads finish in step order, so an
+    incomplete one below a complete one never completes). Newer incomplete ones may still be uploading and stay.
+    Returns the deleted steps."""
     found = checkpoints_in(store, checkpoint_uri)
     complete = [step for step, uri in found if read_manifest(store, uri) is not None]
-    if len(complete) < keep:
+    if not complete:
         return []
-    oldest_kept = complete[-keep]
-    deleted = [step for step, _ in found if step < oldest_kept]
-    for step, uri in found:
-        if step < oldest_kept:
-            delete_prefix(store, uri)
-    return deleted
+    kept = set(complete[-keep:])
+    doomed = [(step, uri) for step, uri in found if step < complete[-1] and step not in kept]
+    for _, uri in doomed:
+        delete_prefix(store, uri)
+    return [step for step, _ in doomed]
 
 
 class CheckpointSync(TrainerCallback):

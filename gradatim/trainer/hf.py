@@ -200,6 +200,35 @@ class ReportingCallback(TrainerCallback):
         self.reporter.progress(state.global_step, state.max_steps, tokens=int(new_tokens), samples=new_samples, **gauges)
 
 
+class ShardingReport(TrainerCallback):
+    """How much of the model each process holds once training starts (FSDP: its shard), gathered on the first
+    process, logged and kept for the results (`sharding`)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.per_rank: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.tensor import DTensor
+
+        params = list(model.parameters())
+        local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+        placements = sorted({str(p.placements) for p in params if isinstance(p, DTensor)})
+        mine = {"rank": self.rt.rank, "localElements": local, "elements": sum(p.numel() for p in params),
+                "fraction": local / max(1, sum(p.numel() for p in params)), "placements": placements}
+        if self.rt.world_size == 1:
+            self.per_rank = [mine]
+        else:
+            import torch.distributed as dist
+
+            parts: list[Any] | None = [None] * self.rt.world_size if self.rt.is_rank0 else None
+            dist.gather_object(mine, parts, dst=0)
+            self.per_rank = parts or []
+        for part in self.per_rank:
+            log.info("Rank %d holds %d of %d parameter elements (%.1f%%), placements %s", part["rank"], part["localElements"],
+                     part["elements"], 100 * part["fraction"], ", ".join(part["placements"]) or "none (replicated)")
+
+
 def final_loss(progress: ReportingCallback, result: Any) -> float:
     """The last logged training loss (the Trainer's own figure is the mean over the whole run)."""
     return float(progress.last_loss if progress.last_loss is not None else result.training_loss)

@@ -11,7 +11,7 @@ from trl import DPOConfig, DPOTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.checkpoints import CheckpointSync, resume_point
-from gradatim.trainer.hf import ReportingCallback, final_loss, model_settings, save_model, sharded, training_arguments
+from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -40,10 +40,10 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         losses, weights = [*losses, "sft"], [*weights, params.sft_weight]
     args = training_arguments(params, spec, rt, output_dir, DPOConfig, model, beta=params.beta, loss_type=losses, loss_weights=weights,
                               max_length=params.max_length)
-    progress = ReportingCallback(reporter)
+    progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
     reference = copy.deepcopy(model).eval()  # the input model, frozen
     trainer = sharded(DPOTrainer)(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[progress, CheckpointSync(store, spec, rt)])
+                         callbacks=[progress, sharding, CheckpointSync(store, spec, rt)])
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
@@ -51,4 +51,4 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
                "reward_margin": float(last.get("rewards/margins", 0.0)), "reward_accuracy": float(last.get("rewards/accuracies", 0.0)),
                "chosen_logps": float(last.get("logps/chosen", 0.0)), "rejected_logps": float(last.get("logps/rejected", 0.0)),
                "pairs": float(len(rows)), "steps": float(trainer.state.global_step)}
-    return reporter.results(metrics, {"model": model_uri})
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank)

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainingArguments
 
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.checkpoints import CheckpointSync, resume_point
-from gradatim.trainer.hf import ReportingCallback, final_loss, model_settings, save_model, sharded, training_arguments
+from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.packing import PackedCollator, pack_best_fit, split_long
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
@@ -72,9 +72,9 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     collator = PackedCollator(tokenizer.pad_token_id, block_mask=not flash)
     output_dir = rt.workdir / "midtrain"
     args = training_arguments(params, spec, rt, output_dir, TrainingArguments, model, remove_unused_columns=False)
-    progress = ReportingCallback(reporter)
+    progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
     trainer = sharded(PackedTrainer)(model=model, args=args, train_dataset=Packs(packs), data_collator=collator, pad_token_id=tokenizer.pad_token_id,
-                      callbacks=[progress, CheckpointSync(store, spec, rt)])
+                      callbacks=[progress, sharding, CheckpointSync(store, spec, rt)])
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {
@@ -83,4 +83,4 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         "tokens": float(trainer.state.num_input_tokens_seen or 0),
         "packing_efficiency": real_tokens / (len(packs) * params.max_length) if packs else 0.0,
     }
-    return reporter.results(metrics, {"model": model_uri})
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank)

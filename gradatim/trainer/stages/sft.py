@@ -11,7 +11,7 @@ from trl import SFTConfig, SFTTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.checkpoints import CheckpointSync, resume_point
-from gradatim.trainer.hf import ReportingCallback, final_loss, model_settings, save_model, sharded, training_arguments
+from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -43,10 +43,10 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     rows = [to_prompt_completion(r, params.system_message, params.think_format) for r in records]
     output_dir = rt.workdir / "sft"
     args = training_arguments(params, spec, rt, output_dir, SFTConfig, model, max_length=params.max_length, packing=params.packing)
-    progress = ReportingCallback(reporter)
+    progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
     trainer = sharded(SFTTrainer)(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        callbacks=[progress, CheckpointSync(store, spec, rt)],
+        callbacks=[progress, sharding, CheckpointSync(store, spec, rt)],
     )
     if len(trainer.train_dataset) == 0:
         raise ValueError(f"no example fits in maxLength {params.max_length} tokens with the system message; raise maxLength or shorten systemMessage")
@@ -55,4 +55,4 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     metrics = {"train_loss": final_loss(progress, result),
                "steps": float(trainer.state.global_step), "examples": float(len(rows)),
                "tokens": float(trainer.state.num_input_tokens_seen or 0)}
-    return reporter.results(metrics, {"model": model_uri})
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank)
