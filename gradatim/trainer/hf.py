@@ -110,12 +110,15 @@ def sharded(trainer_class: type) -> type:
         def create_accelerator_and_postprocess(self) -> None:
             super().create_accelerator_and_postprocess()
             from accelerate import FullyShardedDataParallelPlugin
+            from accelerate.state import PartialState
             from accelerate.utils import DistributedType
 
             state = self.accelerator.state
             if self.args.fsdp_plugin_args is not None and state.distributed_type == DistributedType.MULTI_CPU:
                 state.distributed_type = DistributedType.FSDP
                 state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+                # As AcceleratorState does on GPUs: later `AcceleratorState()` calls copy the type from here.
+                PartialState._shared_state["distributed_type"] = DistributedType.FSDP
                 self.is_fsdp_enabled = True
 
     Sharded.__name__ = Sharded.__qualname__ = f"Sharded{trainer_class.__name__}"
