@@ -37,7 +37,10 @@ def training_dtype(params: TrainingParams, rt: Runtime) -> torch.dtype:
 def fsdp_config(params: TrainingParams, model: Any) -> dict[str, Any]:
     """accelerate's FSDP2 plugin settings (through transformers' `fsdp_config`): every decoder layer one unit,
     checkpoints sharded with torch.distributed.checkpoint (each process writes its own part)."""
-    layers = sorted(set(getattr(model, "_no_split_modules", None) or [])) or ["LlamaDecoderLayer"]
+    layers = sorted(set(getattr(model, "_no_split_modules", None) or []))
+    if not layers:
+        raise ValueError(f"sharding fsdp wraps each decoder layer, but {type(model).__name__} names no layer class "
+                         "(transformers `_no_split_modules`); use sharding ddp for this model")
     return {
         "version": 2,
         "transformer_layer_cls_to_wrap": layers,
