@@ -89,9 +89,57 @@ class DecontaminateParams(Model):
 
 
 BATCH_DIVISIBLE = Rule("self.batchSize % self.microBatchSize == 0", "batchSize must be a multiple of microBatchSize", ".batchSize")
+ONE_ACTIVATION_CHECKPOINTING = Rule(
+    "!(has(self.fsdp) && self.fsdp.activationCheckpointing && self.gradientCheckpointing)",
+    "fsdp.activationCheckpointing replaces gradientCheckpointing; set gradientCheckpointing to false",
+    ".gradientCheckpointing",
+)
+# Hugging Face attention kernels: the built-in names, or a kernels-hub repo id such as `kernels-community/flash-attn3`.
+ATTENTION = r"^(sdpa|eager|flex_attention|flash_attention_2|flash_attention_3|[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*(:[A-Za-z0-9_]+)?)$"
 
 
-class TrainingParams(Model, json_schema_extra=rules(BATCH_DIVISIBLE)):
+class FSDPSettings(Model):
+    """FSDP2 (PyTorch `fully_shard`) settings; used when `sharding` is `fsdp`. Every decoder layer is one FSDP
+    unit, and checkpoints are saved sharded (each process writes and uploads its own part)."""
+
+    reshard_after_forward: bool = True
+    """Free each layer's gathered parameters after its forward pass and gather them again for backward (ZeRO-3);
+    false keeps them until backward: less communication, more memory (ZeRO-2 style)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (PyTorch's checkpoint wrapper around every
+    FSDP unit) instead of the model's own gradient checkpointing; set gradientCheckpointing to false with it."""
+    cpu_ram_efficient_loading: bool = True
+    """Only the first process reads the full weights; the others build the model without memory and receive
+    their shards from it. Saves host RAM when many processes share a node."""
+    cpu_offload: bool = False
+    """Keep parameters, gradients and optimiser state in CPU memory between uses (slow; for models that do not
+    fit in GPU memory even sharded)."""
+
+
+class RopeScaling(Model):
+    """RoPE scaling, as transformers' `rope_scaling` (see its model configs)."""
+
+    rope_type: Literal["linear", "dynamic", "yarn", "longrope", "llama3"]
+    """The scaling method."""
+    factor: float = Field(gt=0.0, le=1024.0)
+    """How much longer the context becomes."""
+    original_max_position_embeddings: int | None = Field(default=None, ge=1, le=16777216)
+    """Context length the model was pre-trained with (yarn, longrope, llama3)."""
+
+
+class ModelConfigOverrides(Model):
+    """Changes to the model's config applied when it is loaded, e.g. for a longer context: Phi-4-reasoning
+    doubles the RoPE base (250k to 500k) to train at 32K tokens."""
+
+    rope_theta: float | None = Field(default=None, gt=0.0)
+    """RoPE base frequency."""
+    rope_scaling: RopeScaling | None = None
+    """RoPE scaling (yarn, linear, ...)."""
+    max_position_embeddings: int | None = Field(default=None, ge=16, le=16777216)
+    """Longest context the model accepts."""
+
+
+class TrainingParams(Model, json_schema_extra=rules(BATCH_DIVISIBLE, ONE_ACTIVATION_CHECKPOINTING)):
     """Optimisation settings shared by the training types."""
 
     learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0)
@@ -121,7 +169,19 @@ class TrainingParams(Model, json_schema_extra=rules(BATCH_DIVISIBLE)):
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
     sharding: Literal["ddp", "fsdp"] = "ddp"
-    """`ddp` replicates the model on every GPU; `fsdp` shards parameters, gradients and optimiser state."""
+    """`ddp` replicates the model on every process; `fsdp` shards parameters, gradients and optimiser state
+    across them (PyTorch FSDP2, settings in `fsdp`)."""
+    fsdp: FSDPSettings = Field(default_factory=FSDPSettings)
+    """FSDP2 settings, used when sharding is `fsdp`."""
+    attention: str | None = Field(default=None, max_length=256, pattern=ATTENTION)
+    """Attention kernel: `sdpa`, `eager`, `flex_attention`, `flash_attention_2`, `flash_attention_3` (the last two
+    need the flash-attn package in the image), or a Hugging Face kernels-hub id such as
+    `kernels-community/flash-attn3`. Left out: transformers' default (sdpa where the model supports it)."""
+    liger_kernels: bool = False
+    """Use Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) to save memory and
+    time; GPU only, and the image needs the liger-kernel package."""
+    config_overrides: ModelConfigOverrides | None = None
+    """Changes to the model's config when loading it (RoPE base, RoPE scaling, context length)."""
 
 
 class MidtrainParams(TrainingParams):
@@ -144,7 +204,7 @@ class SFTParams(TrainingParams):
     """Passes over the data; ignored when maxSteps is set."""
 
 
-class DPOParams(TrainingParams, json_schema_extra=rules(BATCH_DIVISIBLE, NO_PACKING)):
+class DPOParams(TrainingParams, json_schema_extra=rules(BATCH_DIVISIBLE, ONE_ACTIVATION_CHECKPOINTING, NO_PACKING)):
     """Rollout DPO on (correct, incorrect) pairs of one prompt; the input model is also the reference (`type: dpo`)."""
 
     beta: float = Field(default=0.1, gt=0.0, le=100.0)
@@ -216,6 +276,7 @@ class GRPOParams(
     TrainingParams,
     json_schema_extra=rules(
         BATCH_DIVISIBLE,
+        ONE_ACTIVATION_CHECKPOINTING,
         NO_PACKING,
         Rule("self.batchSize % self.numGenerations == 0", "batchSize (completions per step) must be a multiple of numGenerations", ".batchSize"),
         Rule("!has(self.epsilonHigh) || self.epsilonHigh >= self.epsilon", "epsilonHigh must be at least epsilon", ".epsilonHigh"),
@@ -235,6 +296,12 @@ class GRPOParams(
     """Longest completion in tokens."""
     temperature: float = Field(default=1.0, gt=0.0, le=4.0)
     """Rollout sampling temperature."""
+    entropy_coef: float = Field(default=0.0, ge=0.0, le=10.0)
+    """Weight of an entropy bonus added to the loss (TRL's `entropy_coef`: the mean per-token entropy of the
+    policy, for every loss type); 0: none. Keeps the policy from collapsing onto few answers early."""
+    top_entropy_quantile: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Train only on the tokens whose entropy lies in this top fraction at each position (TRL's
+    `top_entropy_quantile`, after "Beyond the 80/20 rule": 0.2 keeps the forking tokens); 1.0: every token."""
     learning_rate: float = Field(default=5e-8, gt=0.0, le=1.0)
     """Peak learning rate (5e-8 for Phi-4-reasoning-plus)."""
     batch_size: int = Field(default=512, ge=1, le=1048576)

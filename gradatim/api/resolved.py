@@ -65,6 +65,9 @@ class OutputLocation(Model):
     checkpoint_uri: str
     """Where resumable checkpoints go; the same for every attempt of the run, so a retry resumes."""
     checkpoint_interval: int | None = None
+    """Optimiser steps between checkpoints; None: every 10% of the run."""
+    checkpoints_to_keep: int = 2
+    """How many of the newest complete checkpoints stay in S3."""
 
 
 class StorageLocation(Model):
@@ -88,6 +91,8 @@ class ResolvedStageSpec(Model):
     output: OutputLocation
     storage: StorageLocation
     metrics_port: int = 9090
+    process_group_timeout_seconds: int = 1800
+    """How long a collective waits for every process (`init_process_group(timeout=...)`)."""
 
     def typed_params(self) -> Any:
         """The hyperparameters, parsed as the stage type's block (defaults filled in)."""

@@ -192,6 +192,12 @@ class TrainingStageSpec(Model, json_schema_extra=rules(*_type_block_rules(), *_i
     """Extra environment for the trainer container, added to the pipeline's."""
     checkpoint_interval: int | None = Field(default=None, ge=1, le=100000000)
     """Save a resumable checkpoint to S3 every this many optimiser steps (training types). Left out: every 10% of the run."""
+    checkpoints_to_keep: int = Field(default=2, ge=1, le=1000)
+    """How many of the newest complete checkpoints stay in S3 (training types); older ones are deleted once a newer
+    one is complete."""
+    process_group_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
+    """How long a process waits for the others in a collective (NCCL/gloo) before the job fails; long enough for
+    the slowest rank's checkpoint write or evaluation pass."""
     retry_limit: int = Field(default=2, ge=0, le=100)
     """How many times a failed job is retried (each a new attempt resuming from the last checkpoint)."""
     retry_backoff_seconds: int = Field(default=30, ge=0, le=86400)

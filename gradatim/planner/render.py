@@ -111,9 +111,11 @@ def render_stage_spec(
             data=[resolve_source(d, upstream) for d in spec.inputs.data],
             eval_data=[resolve_source(d, upstream) for d in spec.inputs.eval_data],
         ),
-        output=OutputLocation(uri=out, checkpoint_uri=out + "checkpoints/", checkpoint_interval=spec.checkpoint_interval),
+        output=OutputLocation(uri=out, checkpoint_uri=out + "checkpoints/", checkpoint_interval=spec.checkpoint_interval,
+                              checkpoints_to_keep=spec.checkpoints_to_keep),
         storage=StorageLocation.model_validate(pipeline.spec.storage.model_dump(exclude={"secret_ref"})),
         metrics_port=METRICS_PORT,
+        process_group_timeout_seconds=spec.process_group_timeout_seconds,
     )
     return resolved.to_wire()
 

@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import sys
+from datetime import timedelta
 
 from gradatim import s3
 from gradatim.api.resolved import ResolvedStageSpec
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="node-local scratch for inputs and caches (the pod's scratch volume)")
     args = parser.parse_args(argv)
     spec = ResolvedStageSpec.model_validate(json.loads(open(args.spec).read()))
-    rt = Runtime.from_env(args.workdir)
+    rt = Runtime.from_env(args.workdir, timeout=timedelta(seconds=spec.process_group_timeout_seconds))
     logging.basicConfig(level=logging.INFO if rt.is_rank0 else logging.WARNING,
                         format=f"%(asctime)s rank{rt.rank} %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("gradatim.trainer")

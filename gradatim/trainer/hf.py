@@ -1,9 +1,10 @@
-"""The glue to transformers' Trainer shared by the training stages: arguments from the stage's params,
-progress reporting, and checkpoints kept in S3 so that a new attempt resumes where the last one stopped."""
+"""The glue to transformers' Trainer shared by the training stages: arguments from the stage's params (FSDP2,
+kernels, model config), progress reporting, and the final model. Checkpoints: checkpoints.py."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,11 @@ from transformers import TrainerCallback
 
 from gradatim.api.hyperparams import TrainingParams
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.s3 import S3Location
-from gradatim.trainer.artifacts import download_dir, read_manifest, upload_dir
+from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 
 log = logging.getLogger("gradatim.trainer")
-CHECKPOINT = re.compile(r"checkpoint-(\d+)/$")
 
 
 def accumulation_steps(params: TrainingParams, world_size: int) -> int:
@@ -30,11 +29,42 @@ def accumulation_steps(params: TrainingParams, world_size: int) -> int:
     return params.batch_size // per_step
 
 
-def training_arguments(params: TrainingParams, spec: ResolvedStageSpec, rt: Runtime, output_dir: Path, config_class: Any, **extra: Any) -> Any:
+def training_dtype(params: TrainingParams, rt: Runtime) -> torch.dtype:
+    """The precision the model trains and is saved in: the spec's on GPUs, fp32 on CPUs."""
+    return dtype_for(params.precision, rt)
+
+
+def fsdp_config(params: TrainingParams, model: Any) -> dict[str, Any]:
+    """accelerate's FSDP2 plugin settings (through transformers' `fsdp_config`): every decoder layer one unit,
+    checkpoints sharded with torch.distributed.checkpoint (each process writes its own part)."""
+    layers = sorted(set(getattr(model, "_no_split_modules", None) or []))
+    if not layers:
+        raise ValueError(f"sharding fsdp wraps each decoder layer, but {type(model).__name__} names no layer class "
+                         "(transformers `_no_split_modules`); use sharding ddp for this model")
+    return {
+        "version": 2,
+        "transformer_layer_cls_to_wrap": layers,
+        "reshard_after_forward": params.fsdp.reshard_after_forward,
+        "activation_checkpointing": params.fsdp.activation_checkpointing,
+        "cpu_ram_efficient_loading": params.fsdp.cpu_ram_efficient_loading,
+        "cpu_offload": params.fsdp.cpu_offload,
+        "state_dict_type": "SHARDED_STATE_DICT",
+    }
+
+
+def checkpoint_every(spec: ResolvedStageSpec) -> int | float:
+    """`save_steps`: the spec's interval, or 0.1 (transformers reads a float below 1 as that fraction of the
+    run's steps), so that a run left without an interval still saves every 10%."""
+    return spec.output.checkpoint_interval or 0.1
+
+
+def training_arguments(params: TrainingParams, spec: ResolvedStageSpec, rt: Runtime, output_dir: Path, config_class: Any,
+                       model: Any = None, **extra: Any) -> Any:
     """The transformers/TRL config for a training stage, from its typed params."""
     on_gpu = rt.device.type == "cuda"
     precision = params.precision if on_gpu else "fp32"  # CPUs train in fp32
-    save_steps = spec.output.checkpoint_interval or 0
+    if params.fsdp.activation_checkpointing and params.gradient_checkpointing:
+        raise ValueError("fsdp.activationCheckpointing replaces gradientCheckpointing; set gradientCheckpointing to false")
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         learning_rate=params.learning_rate,
@@ -50,9 +80,9 @@ def training_arguments(params: TrainingParams, spec: ResolvedStageSpec, rt: Runt
         fp16=precision == "fp16",
         gradient_checkpointing=params.gradient_checkpointing,
         logging_steps=1,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        save_total_limit=2,
+        save_strategy="steps",
+        save_steps=checkpoint_every(spec),
+        save_total_limit=2,  # on local disk; S3 keeps spec.output.checkpointsToKeep (CheckpointSync)
         report_to=[],
         seed=spec.seed,
         data_seed=spec.seed,
@@ -60,12 +90,80 @@ def training_arguments(params: TrainingParams, spec: ResolvedStageSpec, rt: Runt
         disable_tqdm=not rt.is_rank0,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        ddp_timeout=spec.process_group_timeout_seconds,
         include_num_input_tokens_seen="non_padding",
+        use_liger_kernel=params.liger_kernels,
     )
-    if params.sharding == "fsdp":
-        kwargs["fsdp"] = "full_shard auto_wrap"
+    if params.sharding == "fsdp" and rt.world_size > 1:
+        kwargs["fsdp"] = True
+        kwargs["fsdp_config"] = fsdp_config(params, model)
     kwargs.update(extra)
     return config_class(**kwargs)
+
+
+def sharded(trainer_class: type) -> type:
+    """`trainer_class` that also shards with FSDP2 on CPU processes (gloo), as it does on GPUs.
+
+    accelerate only turns a multi-GPU run into an FSDP run; on CPUs it keeps MULTI_CPU and wraps the model in
+    DDP, silently training unsharded. Its FSDP2 path itself (fully_shard, DCP checkpoints, full state dict
+    gathering) works on gloo, so on CPU this switches the state to FSDP with the same plugin transformers
+    built. GPUs take accelerate's own path unchanged."""
+
+    class Sharded(trainer_class):  # type: ignore[misc, valid-type]
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            from accelerate import FullyShardedDataParallelPlugin
+            from accelerate.state import PartialState
+            from accelerate.utils import DistributedType
+
+            state = self.accelerator.state
+            if self.args.fsdp_plugin_args is not None and state.distributed_type == DistributedType.MULTI_CPU:
+                state.distributed_type = DistributedType.FSDP
+                state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+                # As AcceleratorState does on GPUs: later `AcceleratorState()` calls copy the type from here.
+                PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+                self.is_fsdp_enabled = True
+
+    Sharded.__name__ = Sharded.__qualname__ = f"Sharded{trainer_class.__name__}"
+    return Sharded
+
+
+def model_settings(params: TrainingParams, rt: Runtime, reference_copy: bool = False) -> dict[str, Any]:
+    """`load_model` keyword arguments: the training dtype and a change to the model's config (attention
+    kernel, RoPE, context length) applied before the weights are loaded. With FSDP's CPU-RAM-efficient loading,
+    the processes other than the first build the model on the meta device and get their shards from it; not
+    when the stage copies the loaded model as its frozen reference (`reference_copy`: dpo, grpo), which needs
+    real weights on every process."""
+    if params.sharding == "fsdp" and params.fsdp.cpu_ram_efficient_loading and rt.world_size > 1 and not reference_copy:
+        # transformers reads these when loading (`is_fsdp_enabled`); TrainingArguments would set them too late.
+        os.environ["ACCELERATE_USE_FSDP"] = "true"
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+
+    def adjust(config: Any) -> None:
+        apply_config_overrides(config, params)
+
+    changes = params.attention is not None or params.config_overrides is not None
+    return {"dtype": training_dtype(params, rt), "adjust_config": adjust if changes else None}
+
+
+def apply_config_overrides(config: Any, params: TrainingParams) -> None:
+    """Sets the attention kernel and the spec's `configOverrides` on a transformers config (in place)."""
+    if params.attention:
+        config._attn_implementation = params.attention
+    o = params.config_overrides
+    if o is None:
+        return
+    if o.max_position_embeddings is not None:
+        config.max_position_embeddings = o.max_position_embeddings
+    if o.rope_theta is None and o.rope_scaling is None:
+        return
+    # transformers 5 keeps RoPE settings in one `rope_parameters` dict (rope_type, rope_theta, factor, ...).
+    rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
+    if o.rope_theta is not None:
+        rope["rope_theta"] = o.rope_theta
+    if o.rope_scaling is not None:
+        rope.update(o.rope_scaling.model_dump(exclude_none=True))
+    config.rope_parameters = rope
 
 
 # transformers/TRL log keys -> trainer gauges (docs/metrics.md).
@@ -108,57 +206,55 @@ class ReportingCallback(TrainerCallback):
         self.reporter.progress(state.global_step, state.max_steps, tokens=int(new_tokens), samples=new_samples, **gauges)
 
 
+class ShardingReport(TrainerCallback):
+    """How much of the model each process holds once training starts (FSDP: its shard), gathered on the first
+    process, logged and kept for the results (`sharding`)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.per_rank: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.tensor import DTensor
+
+        params = list(model.parameters())
+        local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+        placements = sorted({str(p.placements) for p in params if isinstance(p, DTensor)})
+        mine = {"rank": self.rt.rank, "localElements": local, "elements": sum(p.numel() for p in params),
+                "fraction": local / max(1, sum(p.numel() for p in params)), "placements": placements}
+        if self.rt.world_size == 1:
+            self.per_rank = [mine]
+        else:
+            import torch.distributed as dist
+
+            parts: list[Any] | None = [None] * self.rt.world_size if self.rt.is_rank0 else None
+            dist.gather_object(mine, parts, dst=0)
+            self.per_rank = parts or []
+        for part in self.per_rank:
+            log.info("Rank %d holds %d of %d parameter elements (%.1f%%), placements %s", part["rank"], part["localElements"],
+                     part["elements"], 100 * part["fraction"], ", ".join(part["placements"]) or "none (replicated)")
+
+
 def final_loss(progress: ReportingCallback, result: Any) -> float:
     """The last logged training loss (the Trainer's own figure is the mean over the whole run)."""
     return float(progress.last_loss if progress.last_loss is not None else result.training_loss)
 
 
-class CheckpointSync(TrainerCallback):
-    """Uploads every checkpoint the Trainer saves (model, optimizer, scheduler, RNG, data position) to S3."""
-
-    def __init__(self, store: Any, checkpoint_uri: str, rt: Runtime) -> None:
-        self.store, self.uri, self.rt = store, checkpoint_uri, rt
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.rt.is_rank0:
-            local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            upload_dir(self.store, local, f"{self.uri}checkpoint-{state.global_step}/")
-            log.info("Uploaded checkpoint %d to %s", state.global_step, self.uri)
-
-
-def latest_checkpoint(store: Any, checkpoint_uri: str) -> tuple[int, str] | None:
-    """(step, uri) of the newest complete checkpoint under `checkpoint_uri`."""
-    loc = S3Location.parse(checkpoint_uri)
-    found = []
-    paginator = store.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key, Delimiter="/"):
-        for prefix in page.get("CommonPrefixes", []):
-            match = CHECKPOINT.search(prefix["Prefix"])
-            if match:
-                found.append((int(match.group(1)), f"s3://{loc.bucket}/{prefix['Prefix']}"))
-    for step, uri in sorted(found, reverse=True):
-        if read_manifest(store, uri) is not None:
-            return step, uri
-    return None
-
-
-def resume_point(store: Any, spec: ResolvedStageSpec, output_dir: Path) -> str | None:
-    """Downloads the newest checkpoint of this run, if an earlier attempt left one, for `resume_from_checkpoint`."""
-    latest = latest_checkpoint(store, spec.output.checkpoint_uri)
-    if latest is None:
-        return None
-    step, uri = latest
-    local = download_dir(store, uri, output_dir / f"checkpoint-{step}")
-    log.info("Resuming from checkpoint %d (%s)", step, uri)
-    return str(local)
-
-
 def save_model(trainer: Any, tokenizer: Any, store: Any, spec: ResolvedStageSpec, rt: Runtime, output_dir: Path) -> str:
-    """Saves the trained model and tokenizer (safetensors) and uploads them as the `model` output."""
+    """Saves the trained model in its training precision (bf16 on GPUs unless the spec says otherwise, fp32 on
+    CPUs) as safetensors with its tokenizer, and uploads them as the `model` output. Under FSDP every process
+    takes part in gathering the full state dict, which the first process writes."""
+    params = spec.typed_params()
+    dtype = training_dtype(params, rt)
+    # FSDP keeps fp32 master weights under bf16 mixed precision, and so would a save of them.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
     final = output_dir / "final"
-    trainer.save_model(str(final))
     uri = spec.output.uri + "model/"
     if rt.is_rank0:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.config.dtype = dtype
+        model.save_pretrained(str(final), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(final))
         upload_dir(store, final, uri)
     rt.barrier()

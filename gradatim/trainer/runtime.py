@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -30,9 +31,10 @@ class Runtime:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, workdir: str | os.PathLike | None = None) -> Runtime:
+    def from_env(cls, workdir: str | os.PathLike | None = None, timeout: timedelta = timedelta(minutes=30)) -> Runtime:
         """Reads the env torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK) and joins the process group: NCCL on
-        GPUs, gloo on CPU."""
+        GPUs, gloo on CPU. `timeout`: how long a collective waits for every process (the stage spec's
+        processGroupTimeoutSeconds) before the job fails."""
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
@@ -41,7 +43,7 @@ class Runtime:
         else:
             device = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         return cls(rank, world, local_rank, device, _workdir(workdir))
 
     @classmethod

@@ -184,27 +184,35 @@ def builtin_records(name: str, seed: int) -> list[dict[str, Any]]:
     return [p.record() | {"solution": p.solution()} for p in tiny.tiny_math(parts[1], n, seed)]  # type: ignore[arg-type]
 
 
-def load_model(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0, dtype: Any = None, on_teacher_step: Any = None):
-    """(model, tokenizer) for a model source; `on_teacher_step(step, steps, loss)` hears how training the builtin
-    tiny-teacher goes, the first time a machine needs it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0, dtype: Any = "auto", on_teacher_step: Any = None,
+               adjust_config: Any = None):
+    """(model, tokenizer) for a model source, in `dtype` ("auto": the dtype it was saved in);
+    `adjust_config(config)` changes the model's config before the weights load (attention kernel, RoPE);
+    `on_teacher_step(step, steps, loss)` hears how training the builtin tiny-teacher goes, the first time a
+    machine needs it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if source.builtin == "tiny-model":
         tokenizer = tiny.build_tokenizer()
-        return tiny.build_model(tokenizer, seed=seed), tokenizer
+        return tiny.build_model(tokenizer, seed=seed, adjust_config=adjust_config), tokenizer
     if source.builtin == "tiny-teacher":
+        if adjust_config is not None:
+            raise SourceError("builtin model tiny-teacher is cached as built; leave out attention and configOverrides, or use tiny-model")
         return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info, on_step=on_teacher_step)
     if source.builtin:
         raise SourceError(f"builtin model {source.builtin!r}: use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
     if source.hf:
         repo, revision = source.hub
         where, kwargs = repo, {"revision": revision, "cache_dir": str(rt.workdir / "hub")}
-        with rt.node_first():  # one download per node into its scratch; HF_TOKEN (from a Secret) for gated ones
-            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
-        return model, tokenizer
-    where = str(local_copy(source, store, rt))
-    return AutoModelForCausalLM.from_pretrained(where, dtype=dtype), AutoTokenizer.from_pretrained(where)
+    else:
+        where, kwargs = str(local_copy(source, store, rt)), {}
+    with rt.node_first():  # one download per node into its scratch; HF_TOKEN (from a Secret) for gated ones
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        if adjust_config is not None:
+            kwargs["config"] = AutoConfig.from_pretrained(where, **kwargs)
+            adjust_config(kwargs["config"])
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+    return model, tokenizer
 
 
 def write_jsonl(records: list[dict[str, Any]], path: Path) -> Path:

@@ -220,14 +220,17 @@ def tiny_config(vocab_size: int, max_length: int = 512, hidden: int = 128, layer
     )
 
 
-def build_model(tokenizer, seed: int = 0, **config_overrides):
-    """A freshly initialised tiny model for `tokenizer`, the same for the same seed."""
+def build_model(tokenizer, seed: int = 0, adjust_config=None, **config_overrides):
+    """A freshly initialised tiny model for `tokenizer`, the same for the same seed; `adjust_config(config)`
+    may change its config first (as for a loaded model)."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = tiny_config(len(tokenizer), **config_overrides)
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    if adjust_config is not None:
+        adjust_config(config)
     return LlamaForCausalLM(config)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from trl import DPOConfig, DPOTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -28,7 +29,7 @@ def to_preference(record: dict[str, Any], system_message: str | None = None) -> 
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, **model_settings(params, rt, reference_copy=True))
     rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=lambda r: to_preference(r, params.system_message))
     if len(rows) == 0:
         raise SourceError("inputs.data holds no preference pairs; the generate stage found no prompt with both a correct and an incorrect rollout")
@@ -36,17 +37,17 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     losses, weights = [params.loss_type], [1.0]
     if params.sft_weight > 0:
         losses, weights = [*losses, "sft"], [*weights, params.sft_weight]
-    args = training_arguments(params, spec, rt, output_dir, DPOConfig, beta=params.beta, loss_type=losses, loss_weights=weights,
+    args = training_arguments(params, spec, rt, output_dir, DPOConfig, model, beta=params.beta, loss_type=losses, loss_weights=weights,
                               max_length=params.max_length)
-    progress = ReportingCallback(reporter)
+    progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
     reference = copy.deepcopy(model).eval()  # the input model, frozen
-    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer,
-                         callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    trainer = sharded(DPOTrainer)(model=model, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer,
+                                  callbacks=[progress, sharding, CheckpointSync(store, spec, rt)])
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
     metrics = {"train_loss": final_loss(progress, result),
                "reward_margin": float(last.get("rewards/margins", 0.0)), "reward_accuracy": float(last.get("rewards/accuracies", 0.0)),
                "chosen_logps": float(last.get("logps/chosen", 0.0)), "rejected_logps": float(last.get("logps/rejected", 0.0)),
                "pairs": float(len(rows)), "steps": float(trainer.state.global_step)}
-    return reporter.results(metrics, {"model": model_uri})
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank)

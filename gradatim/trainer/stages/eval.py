@@ -31,12 +31,13 @@ def summarize(correct: Sequence[Sequence[bool]], level: float) -> dict[str, floa
 
 
 def gather(rows: list[dict[str, Any]], rt: Runtime) -> list[dict[str, Any]]:
-    """Every process's rows on rank 0 (each process scored its own share of the problems)."""
+    """Every process's rows on rank 0, the one that writes (each process scored its own share of the
+    problems); the other processes get an empty list."""
     if rt.world_size == 1:
         return rows
-    parts: list[Any] = [None] * rt.world_size
-    dist.all_gather_object(parts, rows)
-    return sorted((r for part in parts for r in part), key=lambda r: r["index"])
+    parts: list[Any] | None = [None] * rt.world_size if rt.is_rank0 else None
+    dist.gather_object(rows, parts, dst=0)
+    return sorted((r for part in parts for r in part), key=lambda r: r["index"]) if parts else []
 
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:

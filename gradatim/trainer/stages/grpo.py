@@ -10,7 +10,8 @@ from trl import GRPOConfig, GRPOTrainer
 from gradatim.api.hyperparams import GRPOParams
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer import rewards
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -49,25 +50,31 @@ def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, A
     return {"prompt": messages, "answer": str(record["answer"])}
 
 
+def arguments(params: GRPOParams, spec: ResolvedStageSpec, rt: Runtime, output_dir: Any, model: Any = None) -> GRPOConfig:
+    """TRL's GRPOConfig from the stage's params."""
+    cfg = params.rewards
+    return training_arguments(
+        params, spec, rt, output_dir, GRPOConfig, model,
+        num_generations=params.num_generations, beta=params.beta, epsilon=params.epsilon, epsilon_high=params.epsilon_high,
+        max_completion_length=params.max_completion_length, temperature=params.temperature,
+        entropy_coef=params.entropy_coef, top_entropy_quantile=params.top_entropy_quantile,
+        reward_weights=[cfg.correctness, cfg.repetition, cfg.format], log_completions=False,
+    )
+
+
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, **model_settings(params, rt, reference_copy=True))
     rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=lambda r: to_prompt(r, params.system_message))
     if len(rows) == 0:
         raise SourceError("inputs.data holds no prompts")
     output_dir = rt.workdir / "grpo"
-    cfg = params.rewards
-    args = training_arguments(
-        params, spec, rt, output_dir, GRPOConfig,
-        num_generations=params.num_generations, beta=params.beta, epsilon=params.epsilon, epsilon_high=params.epsilon_high,
-        max_completion_length=params.max_completion_length, temperature=params.temperature,
-        reward_weights=[cfg.correctness, cfg.repetition, cfg.format], log_completions=False,
-    )
-    progress = ReportingCallback(reporter)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
-                          train_dataset=rows, processing_class=tokenizer,
-                          callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    args = arguments(params, spec, rt, output_dir, model)
+    progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
+    trainer = sharded(GRPOTrainer)(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
+                                   train_dataset=rows, processing_class=tokenizer,
+                                   callbacks=[progress, sharding, CheckpointSync(store, spec, rt)])
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
     last = history[-1] if history else {}
@@ -78,4 +85,4 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         "completion_length_mean": float(last.get("completions/mean_length", 0.0)),
         "steps": float(trainer.state.global_step), "prompts": float(len(rows)),
     }
-    return reporter.results(metrics, {"model": model_uri}, rewardHistory=[{k: v for k, v in h.items() if k.startswith(("reward", "completions", "step"))} for h in history])
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank, rewardHistory=[{k: v for k, v in h.items() if k.startswith(("reward", "completions", "step"))} for h in history])

@@ -10,7 +10,8 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.packing import PackedCollator, pack
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
@@ -51,7 +52,7 @@ def chat_documents(rows: Any, tokenizer: Any) -> Any:
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, **model_settings(params, rt))
     rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=as_chat)
     with rt.node_first():  # local rank 0 tokenises and packs; the node's other ranks load its cached Arrow files
         docs = chat_documents(rows, tokenizer)
@@ -60,11 +61,11 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     flash = getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3")
     collator = PackedCollator(tokenizer.pad_token_id, block_mask=not flash)
     output_dir = rt.workdir / "midtrain"
-    args = training_arguments(params, spec, rt, output_dir, TrainingArguments, remove_unused_columns=False)
-    progress = ReportingCallback(reporter)
-    trainer = PackedTrainer(model=model, args=args, train_dataset=packs, data_collator=collator, pad_token_id=tokenizer.pad_token_id,
-                      callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)])
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    args = training_arguments(params, spec, rt, output_dir, TrainingArguments, model, remove_unused_columns=False)
+    progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
+    trainer = sharded(PackedTrainer)(model=model, args=args, train_dataset=packs, data_collator=collator, pad_token_id=tokenizer.pad_token_id,
+                                     callbacks=[progress, sharding, CheckpointSync(store, spec, rt)])
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {
         "train_loss": final_loss(progress, result),
@@ -72,4 +73,4 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         "tokens": float(trainer.state.num_input_tokens_seen or 0),
         "packing_efficiency": real_tokens / (len(packs) * params.max_length) if packs else 0.0,
     }
-    return reporter.results(metrics, {"model": model_uri})
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank)

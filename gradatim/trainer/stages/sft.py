@@ -9,7 +9,8 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.hf import CheckpointSync, ReportingCallback, dtype_for, final_loss, resume_point, save_model, training_arguments
+from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_all, load_model
@@ -36,20 +37,20 @@ def to_prompt_completion(record: dict[str, Any], system_message: str | None, thi
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, dtype_for(params.precision, rt))
+    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, **model_settings(params, rt))
     rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=lambda r: to_prompt_completion(r, params.system_message, params.think_format))
     output_dir = rt.workdir / "sft"
-    args = training_arguments(params, spec, rt, output_dir, SFTConfig, max_length=params.max_length, packing=params.packing)
-    progress = ReportingCallback(reporter)
-    trainer = SFTTrainer(
+    args = training_arguments(params, spec, rt, output_dir, SFTConfig, model, max_length=params.max_length, packing=params.packing)
+    progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
+    trainer = sharded(SFTTrainer)(
         model=model, args=args, train_dataset=rows, processing_class=tokenizer,
-        callbacks=[progress, CheckpointSync(store, spec.output.checkpoint_uri, rt)],
+        callbacks=[progress, sharding, CheckpointSync(store, spec, rt)],
     )
     if len(trainer.train_dataset) == 0:
         raise ValueError(f"no example fits in maxLength {params.max_length} tokens with the system message; raise maxLength or shorten systemMessage")
-    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, output_dir))
+    result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {"train_loss": final_loss(progress, result),
                "steps": float(trainer.state.global_step), "examples": float(len(rows)),
                "tokens": float(trainer.state.num_input_tokens_seen or 0)}
-    return reporter.results(metrics, {"model": model_uri})
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank)

@@ -1,0 +1,93 @@
+"""The typed training settings reach transformers/TRL/accelerate as they say: FSDP2, the checkpoint interval,
+the process-group timeout, the attention kernel and model-config overrides, GRPO's entropy terms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import TrainingArguments
+
+from gradatim.api.hyperparams import GRPOParams, SFTParams
+from gradatim.api.resolved import ResolvedSource, ResolvedStageSpec
+from gradatim.trainer.hf import fsdp_config, model_settings, training_arguments
+from gradatim.trainer.runtime import Runtime
+from gradatim.trainer.sources import SourceError, load_model
+from gradatim.trainer.stages import grpo
+from gradatim.trainer.tiny import build_model, build_tokenizer
+
+
+def spec(type_: str, params: dict, interval: int | None = None, timeout: int = 1800) -> ResolvedStageSpec:
+    return ResolvedStageSpec(namespace="t", pipeline="p", stage="s", type=type_, attempt=1, cache_key="k", params=params, inputs={},
+                             output={"uri": "s3://b/o/", "checkpointUri": "s3://b/o/checkpoints/", "checkpointInterval": interval},
+                             storage={"bucket": "b"}, process_group_timeout_seconds=timeout)
+
+
+def cpu(world_size: int = 1, tmp: Path = Path("/tmp")) -> Runtime:
+    return Runtime(rank=0, world_size=world_size, local_rank=0, device=torch.device("cpu"), workdir=tmp)
+
+
+BASE = {"batchSize": 8, "microBatchSize": 8, "maxSteps": 20, "gradientCheckpointing": False}
+
+
+def test_a_run_without_checkpoint_interval_still_saves_every_tenth_of_it(tmp_path):
+    args = training_arguments(SFTParams.model_validate(BASE), spec("sft", BASE), cpu(), tmp_path, TrainingArguments)
+    assert args.save_strategy == "steps" and args.save_steps == 0.1
+    args = training_arguments(SFTParams.model_validate(BASE), spec("sft", BASE, interval=7), cpu(), tmp_path, TrainingArguments)
+    assert args.save_steps == 7
+
+
+def test_the_process_group_timeout_comes_from_the_spec(tmp_path):
+    args = training_arguments(SFTParams.model_validate(BASE), spec("sft", BASE, timeout=5400), cpu(), tmp_path, TrainingArguments)
+    assert args.ddp_timeout == 5400
+
+
+def test_fsdp_settings_become_accelerates_fsdp2_plugin_with_sharded_checkpoints():
+    params = SFTParams.model_validate(BASE | {"sharding": "fsdp", "fsdp": {"reshardAfterForward": False, "activationCheckpointing": True}})
+    model = build_model(build_tokenizer())
+    config = fsdp_config(params, model)
+    assert config == {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "reshard_after_forward": False,
+                      "activation_checkpointing": True, "cpu_ram_efficient_loading": True, "cpu_offload": False,
+                      "state_dict_type": "SHARDED_STATE_DICT"}
+
+
+def test_fsdp_activation_checkpointing_with_gradient_checkpointing_is_refused_with_the_fix(tmp_path):
+    params = SFTParams.model_validate(BASE | {"gradientCheckpointing": True, "fsdp": {"activationCheckpointing": True}})
+    with pytest.raises(ValueError, match="set gradientCheckpointing to false"):
+        training_arguments(params, spec("sft", BASE), cpu(), tmp_path, TrainingArguments)
+
+
+def test_the_attention_kernel_must_be_one_transformers_knows_or_a_hub_id():
+    assert SFTParams.model_validate(BASE | {"attention": "kernels-community/flash-attn3"}).attention == "kernels-community/flash-attn3"
+    with pytest.raises(ValidationError, match="attention"):
+        SFTParams.model_validate(BASE | {"attention": "fast please"})
+
+
+def test_config_overrides_and_attention_change_the_loaded_model(tmp_path):
+    tokenizer = build_tokenizer()
+    build_model(tokenizer).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    params = SFTParams.model_validate(BASE | {"attention": "eager", "configOverrides": {
+        "ropeTheta": 20000.0, "maxPositionEmbeddings": 1024, "ropeScaling": {"ropeType": "linear", "factor": 2.0}}})
+    model, _ = load_model(ResolvedSource(uri=str(tmp_path / "m")), None, Runtime.single(tmp_path), **model_settings(params, cpu()))
+    plain, _ = load_model(ResolvedSource(uri=str(tmp_path / "m")), None, Runtime.single(tmp_path))
+    assert model.config._attn_implementation == "eager" and plain.config._attn_implementation == "sdpa"
+    assert model.config.max_position_embeddings == 1024 and plain.config.max_position_embeddings == 512
+    assert model.config.rope_parameters == {"rope_type": "linear", "rope_theta": 20000.0, "factor": 2.0}
+    # The rotary frequencies are computed from the new base and scaling, not left at the saved ones.
+    expected = 1.0 / (20000.0 ** (torch.arange(0, 32, 2, dtype=torch.float32) / 32)) / 2.0
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, expected)
+    assert not torch.allclose(plain.model.rotary_emb.inv_freq, expected)
+    with pytest.raises(SourceError, match="tiny-teacher"):
+        load_model(ResolvedSource(builtin="tiny-teacher"), None, Runtime.single(tmp_path), **model_settings(params, cpu()))
+
+
+def test_grpo_entropy_terms_reach_trl(tmp_path):
+    p = {"batchSize": 8, "microBatchSize": 8, "numGenerations": 4, "maxSteps": 1, "gradientCheckpointing": False,
+         "entropyCoef": 0.01, "topEntropyQuantile": 0.2}
+    args = grpo.arguments(GRPOParams.model_validate(p), spec("grpo", p), cpu(), tmp_path)
+    assert args.entropy_coef == 0.01 and args.top_entropy_quantile == 0.2
+    default = grpo.arguments(GRPOParams.model_validate(BASE | {"numGenerations": 4}), spec("grpo", p), cpu(), tmp_path)
+    assert default.entropy_coef == 0.0 and default.top_entropy_quantile == 1.0
