@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,30 @@ class SourceError(ValueError):
     """A source that cannot be loaded, with what to change."""
 
 
+class InputError(Exception):
+    """Loading one input failed: `source` is the input, `__cause__` the error beneath. The trainer's error report
+    turns it into a message naming the input's field (inputs.model, inputs.data[0], ...)."""
+
+    def __init__(self, source: ResolvedSource) -> None:
+        super().__init__(f"cannot load input {source.hf or source.uri or source.builtin}")
+        self.source = source
+
+
+@contextmanager
+def loading(source: ResolvedSource) -> Iterator[None]:
+    """Wraps whatever loading `source` raises in an InputError that remembers the source."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(source) from err
+
+
 def local_copy(source: ResolvedSource, store: Any, workdir: Path) -> Path:
     """A local directory (or file) holding the source: S3 artifacts are downloaded and verified."""
     if source.uri is None:
-        raise SourceError(f"{source.label}: has no uri")
+        raise SourceError("has no hf, uri or builtin")
     if source.uri.startswith("s3://"):
         target = workdir / "inputs" / source.uri[5:].rstrip("/").replace("/", "_")
         return target if target.exists() else download_dir(store, source.uri, target)
@@ -55,21 +77,22 @@ def builtin_records(name: str, seed: int) -> list[dict[str, Any]]:
     """`tiny-math:<split>` or `tiny-math:<split>:<n>`: procedural problems with a gold answer and a solution."""
     parts = name.split(":")
     if parts[0] != "tiny-math" or len(parts) not in (2, 3) or parts[1] not in tiny.SPLITS:
-        raise SourceError(f"builtin dataset {name!r}: use tiny-math:<train|eval|rl>[:<count>]")
+        raise SourceError(f"builtin dataset {name!r} is unknown; use tiny-math:<train|eval|rl>[:<count>]")
     n = int(parts[2]) if len(parts) == 3 else BUILTIN_SIZES[parts[1]]
     return [p.record() | {"solution": p.solution()} for p in tiny.tiny_math(parts[1], n, seed)]  # type: ignore[arg-type]
 
 
 def load_records(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0) -> list[dict[str, Any]]:
     """Every record of a dataset source, in order."""
-    if source.builtin:
-        return builtin_records(source.builtin, seed)
-    if source.hf:
-        import datasets
+    with loading(source):
+        if source.builtin:
+            return builtin_records(source.builtin, seed)
+        if source.hf:
+            import datasets
 
-        repo, _, revision = source.hf.partition("@")
-        return list(datasets.load_dataset(repo, revision=revision or None, split="train"))
-    return _read_table(local_copy(source, store, workdir))
+            repo, _, revision = source.hf.partition("@")
+            return list(datasets.load_dataset(repo, revision=revision or None, split="train"))
+        return _read_table(local_copy(source, store, workdir))
 
 
 def load_all(sources: list[ResolvedSource], store: Any, workdir: Path, seed: int = 0) -> list[dict[str, Any]]:
@@ -80,6 +103,11 @@ def load_all(sources: list[ResolvedSource], store: Any, workdir: Path, seed: int
 def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0, dtype: Any = None, on_teacher_step: Any = None):
     """(model, tokenizer) for a model source; `on_teacher_step(step, steps, loss)` hears how training the builtin
     tiny-teacher goes, the first time a machine needs it."""
+    with loading(source):
+        return _load_model(source, store, workdir, seed, dtype, on_teacher_step)
+
+
+def _load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int, dtype: Any, on_teacher_step: Any):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.builtin == "tiny-model":
@@ -88,7 +116,7 @@ def load_model(source: ResolvedSource, store: Any, workdir: Path, seed: int = 0,
     if source.builtin == "tiny-teacher":
         return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info, on_step=on_teacher_step)
     if source.builtin:
-        raise SourceError(f"builtin model {source.builtin!r}: use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
+        raise SourceError(f"builtin model {source.builtin!r} is unknown; use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
     if source.hf:
         repo, _, revision = source.hf.partition("@")
         where, kwargs = repo, {"revision": revision or None}

@@ -18,7 +18,7 @@ from gradatim.trainer.sources import SourceError, load_all, load_model
 
 def to_preference(record: dict[str, Any], system_message: str | None = None) -> dict[str, Any]:
     if not all(k in record for k in ("prompt", "chosen", "rejected")):
-        raise SourceError(f"record {record.get('id', '?')} needs prompt, chosen and rejected fields (the `pairs` output of generate)")
+        raise SourceError(f"inputs.data: record {record.get('id', '?')} needs prompt, chosen and rejected fields (the `pairs` output of generate)")
     system = [{"role": "system", "content": system_message}] if system_message else []
     return {
         "prompt": [*system, {"role": "user", "content": record["prompt"]}],

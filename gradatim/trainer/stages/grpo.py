@@ -45,7 +45,7 @@ def reward_functions(params: GRPOParams, tokenizer: Any) -> list[Any]:
 
 def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, Any]:
     if "prompt" not in record or "answer" not in record:
-        raise SourceError(f"record {record.get('id', '?')} needs prompt and answer fields (a verifiable problem)")
+        raise SourceError(f"inputs.data: record {record.get('id', '?')} needs prompt and answer fields (a verifiable problem)")
     messages = ([{"role": "system", "content": system_message}] if system_message else []) + [{"role": "user", "content": record["prompt"]}]
     return {"prompt": messages, "answer": str(record["answer"])}
 
