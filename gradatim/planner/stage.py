@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from gradatim.api.pipeline import TrainingPipeline
+from gradatim.api.runfiles import TrainerError, memory_knobs
 from gradatim.api.stage import GateResult, Progress, TrainingStage, TrainingStageStatus
 from gradatim.planner.conditions import conditions_for
 from gradatim.planner.graph import cache_keys, on_cycle
@@ -23,6 +24,8 @@ from gradatim.planner.render import (
     render_pytorchjob,
     render_stage_spec,
     child_labels,
+    effective_resources,
+    unfit_inputs,
 )
 
 MAX_BACKOFF_SECONDS = 3600
@@ -40,6 +43,8 @@ class Observed:
     progress: dict[str, Any] | None  # progress.json of the running attempt, when the trainer wrote one
     now: datetime
     problems: tuple[str, ...] = ()  # bad references the shell found (missing Secret, unreachable S3), naming the field
+    error: TrainerError | None = None  # error.json under the stage's current key: why an attempt failed, if one did
+    pods: tuple[dict[str, Any], ...] = ()  # the current job's pods, once it failed: their containers' exit codes
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ def plan_stage(o: Observed) -> Plan:
         return finish("Blocked", "DependencyNotFound", f"spec.dependsOn: no stage {', '.join(missing)} in pipeline {stage.spec.pipeline}")
     if cycle := on_cycle(name, o.siblings):
         return finish("Blocked", "DependencyCycle", f"spec.dependsOn: dependency cycle {' -> '.join(cycle)}")
+    if unfit := unfit_inputs(stage, {n: s.spec.type for n, s in o.siblings.items()}):
+        return finish("Invalid", "InvalidInput", "; ".join(unfit))
 
     keys = cache_keys(o.siblings, o.pipeline.spec.image)
     key = keys.get(name)
@@ -219,7 +226,7 @@ def plan_stage(o: Observed) -> Plan:
         if state is JobState.SUCCEEDED:  # succeeded, but no results.json under the key
             state, failure = JobState.FAILED, f"job {status.job_name} succeeded but wrote no results.json"
         else:
-            failure = f"job {status.job_name} failed: {job_message(job)}"
+            failure = f"job {status.job_name} failed: {failure_cause(o, status.attempt)}"
         if state is JobState.FAILED:
             if previous.phase not in ("Retrying", "Failed") or previous.job_name != status.job_name:
                 status.retries += 1
@@ -232,7 +239,7 @@ def plan_stage(o: Observed) -> Plan:
                 return finish("Suspended", "Suspended", "suspended before the next attempt")
             if status.next_retry_time and now < status.next_retry_time:
                 plan.requeue_after = (status.next_retry_time - now).total_seconds()
-                return finish("Retrying", "BackingOff", f"{failure}; attempt {status.attempt + 1} starts at {status.next_retry_time.isoformat()}")
+                return finish("Retrying", "BackingOff", f"{failure}; retry {status.retries}/{stage.spec.retry_limit} at {status.next_retry_time.isoformat()}")
             job = None  # back-off over: start the next attempt below
         elif suspended:
             if kueue:  # Kueue owns runPolicy.suspend; stop the attempt instead and resume later from its checkpoint
@@ -273,6 +280,49 @@ def plan_stage(o: Observed) -> Plan:
 def _is_next_attempt(job: Mapping[str, Any], stage: str, attempt: int, key: str) -> bool:
     meta = job.get("metadata") or {}
     return meta.get("name") == job_name(stage, attempt) and (meta.get("labels") or {}).get(KEY_LABEL) == key
+
+
+def terminated_states(pods: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """The trainer container's terminated state in each pod that ended in failure, Master first."""
+    states = []
+    for pod in sorted(pods, key=lambda p: "-master-" not in p.get("metadata", {}).get("name", "")):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            if container.get("name") != "pytorch":
+                continue
+            term = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated")
+            if term and term.get("exitCode", 0) != 0:
+                states.append(term)
+    return states
+
+
+def _from_termination_message(message: str) -> str:
+    """The trainer's one line from a termination message: its TrainerError record, or the last log line the
+    kubelet kept instead (FallbackToLogsOnError)."""
+    try:
+        return TrainerError.model_validate_json(message).message
+    except ValueError:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        return f"{lines[-1][:500] if lines else 'no message'} (the pod log's last line)"
+
+
+def failure_cause(o: Observed, attempt: int) -> str:
+    """Why the current attempt failed, in the words most useful to a user: a kill for memory (which leaves no
+    record), the trainer's own record, a container's termination message, else Kubeflow's condition."""
+    states = terminated_states(o.pods)
+    killed = next((t for t in states if t.get("reason") == "OOMKilled" or t.get("exitCode") == 137), None)
+    if killed is not None:
+        memory = effective_resources(o.stage, o.pipeline)["memory"] if o.pipeline is not None else "?"
+        return (f"the trainer was killed for memory (exit {killed.get('exitCode')}, {killed.get('reason') or 'SIGKILL'}): raise spec.resources.memory "
+                f"(now {memory}) or {memory_knobs(o.stage.spec.type)}")
+    if o.error is not None and o.error.attempt == attempt:
+        return o.error.message
+    for term in states:
+        if term.get("message"):
+            return _from_termination_message(term["message"])
+    if states:
+        term = states[0]
+        return f"{job_message(o.job or {})} (exit {term.get('exitCode')}, {term.get('reason') or 'Error'}); see the pod log"
+    return job_message(o.job or {})
 
 
 def job_message(job: Mapping[str, Any]) -> str:
