@@ -23,6 +23,7 @@ KEY_LABEL = LABEL_PREFIX + "cache-key"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gradatim"}
 TRAINER_POD = {"app.kubernetes.io/name": "gradatim-trainer"}  # what the PodMonitor selects; also its job label
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"  # Kubeflow puts it on every pod of a job
 
 SPEC_DIR = "/etc/gradatim"
 SPEC_FILE = "stage.json"
