@@ -155,7 +155,7 @@ def plan_stage(o: Observed) -> Plan:
         status.conditions = conditions_for(phase, reason, message, generation, now, previous.conditions)
         plan.reason, plan.message = reason, message
         if previous.phase != phase:
-            warn = phase in ("Failed", "Invalid", "Blocked")
+            warn = phase in ("Failed", "Invalid", "Blocked") or reason == "BackingOff"  # a failed attempt warns, retried or not
             plan.events.append(Event("Warning" if warn else "Normal", reason, message))
         return plan
 
@@ -309,7 +309,8 @@ def failure_cause(o: Observed, attempt: int) -> str:
     """Why the current attempt failed, in the words most useful to a user: a kill for memory (which leaves no
     record), the trainer's own record, a container's termination message, else Kubeflow's condition."""
     states = terminated_states(o.pods)
-    killed = next((t for t in states if t.get("reason") == "OOMKilled" or t.get("exitCode") == 137), None)
+    # 137 is SIGKILL: the kernel's OOM killer, unless the job runner says it stopped the replica itself ("Killed").
+    killed = next((t for t in states if t.get("reason") == "OOMKilled" or (t.get("exitCode") == 137 and t.get("reason") != "Killed")), None)
     if killed is not None:
         memory = effective_resources(o.stage, o.pipeline)["memory"] if o.pipeline is not None else "?"
         return (f"the trainer was killed for memory (exit {killed.get('exitCode')}, {killed.get('reason') or 'SIGKILL'}): raise spec.resources.memory "
