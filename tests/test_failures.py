@@ -184,6 +184,9 @@ def test_a_worker_pods_termination_message_speaks_when_there_is_no_error_json():
     record = TrainerError(message="out of memory on cuda:3: ...: lower sft.microBatchSize or sft.maxLength", kind="OutOfMemory", rank=11, attempt=1)
     plan = plan_stage(observed_failure(st, pods=(pod("sft-a1-master-0", 1), pod("sft-a1-worker-1", 1, message=record.termination_message()))))
     assert stalled(plan).startswith("job sft-a1 failed: out of memory on cuda:3: ...: lower sft.microBatchSize")
+    peer = TrainerError(message="RuntimeError: Connection closed by peer; see the pod log", kind="Unexpected", attempt=1)
+    plan = plan_stage(observed_failure(st, error=peer, pods=(pod("sft-a1-master-0", 1), pod("sft-a1-worker-1", 1, message=record.termination_message()))))
+    assert "out of memory on cuda:3" in plan.message, "a known cause on a worker beats rank 0's echo of it"
     plan = plan_stage(observed_failure(st, pods=(pod("sft-a1-master-0", 2),)))
     assert "(exit 2, Error); see the pod log" in plan.message
 

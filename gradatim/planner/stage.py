@@ -295,11 +295,11 @@ def terminated_states(pods: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
     return states
 
 
-def _from_termination_message(message: str) -> str:
-    """The trainer's one line from a termination message: its TrainerError record, or the last log line the
-    kubelet kept instead (FallbackToLogsOnError)."""
+def _from_termination_message(message: str) -> TrainerError | str:
+    """A termination message as the trainer's TrainerError record, or the last log line the kubelet kept
+    instead (FallbackToLogsOnError)."""
     try:
-        return TrainerError.model_validate_json(message).message
+        return TrainerError.model_validate_json(message)
     except ValueError:
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         return f"{lines[-1][:500] if lines else 'no message'} (the pod log's last line)"
@@ -307,7 +307,9 @@ def _from_termination_message(message: str) -> str:
 
 def failure_cause(o: Observed, attempt: int) -> str:
     """Why the current attempt failed, in the words most useful to a user: a kill for memory (which leaves no
-    record), the trainer's own record, a container's termination message, else Kubeflow's condition."""
+    record), the trainer's own records (error.json from rank 0, termination messages from every pod; a known
+    cause beats an Unexpected one, as rank 0 often only hears that a peer went away), the log's tail, else
+    Kubeflow's condition."""
     states = terminated_states(o.pods)
     # 137 is SIGKILL: the kernel's OOM killer, unless the job runner says it stopped the replica itself ("Killed").
     killed = next((t for t in states if t.get("reason") == "OOMKilled" or (t.get("exitCode") == 137 and t.get("reason") != "Killed")), None)
@@ -315,11 +317,12 @@ def failure_cause(o: Observed, attempt: int) -> str:
         memory = effective_resources(o.stage, o.pipeline)["memory"] if o.pipeline is not None else "?"
         return (f"the trainer was killed for memory (exit {killed.get('exitCode')}, {killed.get('reason') or 'SIGKILL'}): raise spec.resources.memory "
                 f"(now {memory}) or {memory_knobs(o.stage.spec.type)}")
-    if o.error is not None and o.error.attempt == attempt:
-        return o.error.message
-    for term in states:
-        if term.get("message"):
-            return _from_termination_message(term["message"])
+    said = [_from_termination_message(t["message"]) for t in states if t.get("message")]
+    records = [r for r in [o.error, *said] if isinstance(r, TrainerError) and r.attempt == attempt]
+    if records:
+        return next((r for r in records if r.kind != "Unexpected"), records[0]).message
+    if said:
+        return str(said[0])
     if states:
         term = states[0]
         return f"{job_message(o.job or {})} (exit {term.get('exitCode')}, {term.get('reason') or 'Error'}); see the pod log"
