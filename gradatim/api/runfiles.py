@@ -34,13 +34,20 @@ class TrainerError(Model):
 
     def termination_message(self) -> str:
         """The record as JSON within the kubelet's limit: the message is shortened until it fits."""
-        text = self.model_dump_json(by_alias=True, exclude_none=True)
-        over = len(text.encode()) - TERMINATION_MESSAGE_LIMIT
-        if over <= 0:
-            return text
-        keep = self.message.encode()[: max(0, len(self.message.encode()) - over - 8)].decode(errors="ignore")
-        return self.model_copy(update={"message": keep + " ..."}).model_dump_json(by_alias=True, exclude_none=True)
+        def dump(message: str) -> str:
+            return self.model_copy(update={"message": message}).model_dump_json(by_alias=True, exclude_none=True)
 
+        def fits(n: int) -> bool:
+            return len(dump(self.message[:n] + " ...").encode()) <= TERMINATION_MESSAGE_LIMIT
+
+        text = dump(self.message)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        low, high = 0, len(self.message)  # the longest head that fits (JSON escapes make some characters longer)
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid - 1)
+        return dump(self.message[:low] + " ...")
 
 def memory_knobs(stage_type: str) -> str:
     """The spec fields that shrink a stage type's memory use, as advice."""
