@@ -141,7 +141,7 @@ class JobRunner:
                     except ApiException as err:
                         if err.status != 409:
                             raise
-                self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": pod["status"]})
+                self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": _replacing_states(pod["status"])})
                 self._pods_written[key] = status
             except ApiException as err:  # the pod is a report, not what runs the replica: never stop a job for it
                 log.warning("Could not write pod %s/%s: %s", meta["namespace"], meta["name"], err.reason)
@@ -154,6 +154,14 @@ class JobRunner:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+
+def _replacing_states(status: dict[str, Any]) -> dict[str, Any]:
+    """A status patch whose container states replace the old ones: a strategic merge would keep `running` beside
+    a new `terminated`, and a container has one state."""
+    statuses = [{**c, "state": {"running": None, "waiting": None, "terminated": None, **c.get("state", {})}}
+                for c in status.get("containerStatuses", [])]
+    return {**status, "containerStatuses": statuses} if statuses else status
 
 
 def cpu_quantity(value: str | int | float) -> float:
