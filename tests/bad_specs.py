@@ -139,6 +139,6 @@ BAD_SPECS: list[BadSpec] = [
     pipeline("negative GPUs", {"resources": {"gpusPerNode": -1}}, "spec.resources.gpusPerNode", "greater than or equal to 0"),
     pipeline("shm not a quantity", {"resources": {"shmSize": "1 GB"}}, "spec.resources.shmSize", "should match"),
     pipeline("zero shm", {"resources": {"shmSize": "0Mi"}}, "spec.resources.shmSize", "should match"),
-    pipeline("negative memory", {"resources": {"memory": "-1"}}, "spec.resources.memory", "should match"),
+    pipeline("negative default memory", {"resources": {"memory": "-1"}}, "spec.resources.memory", "should match"),
     pipeline("queue name invalid", {"queueName": "Team A"}, "spec.queueName", "should match"),
 ]

@@ -179,6 +179,16 @@ def test_a_kill_for_memory_says_which_resource_to_raise():
     assert "killed for memory" not in plan.message and "last words (the pod log's last line)" in plan.message
 
 
+def test_torchruns_summary_of_a_worker_killed_by_sigkill_is_a_kill_for_memory():
+    summary = ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n======\nRoot Cause (first observed failure):\n"
+               "  rank      : 0 (local_rank: 0)\n  exitcode  : -9 (pid: 25612)  (SIGKILL)\n  traceback : Signal 9 (SIGKILL) received by PID 25612\n======")
+    plan = plan_stage(observed_failure(running_stage(retryLimit=0), pods=(pod("sft-a1-master-0", 1, message=summary),)))
+    assert "killed for memory (a torchrun worker got SIGKILL): raise spec.resources.memory" in plan.message
+    summary = summary.replace("-9 (pid: 25612)  (SIGKILL)", "1 (pid: 25612)").replace("Signal 9 (SIGKILL) received by PID 25612", "<N/A>")
+    plan = plan_stage(observed_failure(running_stage(retryLimit=0), pods=(pod("sft-a1-master-0", 1, message=summary),)))
+    assert "traceback : <N/A> (the pod log's last line)" in plan.message, "the last line with words, not a rule of ===="
+
+
 def test_a_worker_pods_termination_message_speaks_when_there_is_no_error_json():
     st = running_stage(retryLimit=0)
     record = TrainerError(message="out of memory on cuda:3: ...: lower sft.microBatchSize or sft.maxLength", kind="OutOfMemory", rank=11, attempt=1)

@@ -90,12 +90,14 @@ def test_the_trainers_one_line_reason_is_the_stalled_message(h):
     assert terminated.exit_code == 1 and "tiny-foo" in terminated.message, "the job runner writes the container's state as the kubelet does"
 
 
-def test_a_container_killed_for_memory_says_which_resource_to_raise(h):
-    h.pipeline("oom")
-    h.stage("big", "oom", env={"STAND_IN_KILL_GROUP": "1"}, retryLimit=0, resources={"memory": "1536Mi"})
-    st = h.wait_phase("big", "Failed", timeout=120)
+@pytest.mark.parametrize("kill, how", [("container", "exit 137, Error"), ("worker", "a torchrun worker got SIGKILL")])
+def test_a_trainer_killed_for_memory_says_which_resource_to_raise(h, kill, how):
+    h.pipeline(f"oom-{kill}")
+    h.stage(f"big-{kill}", f"oom-{kill}", env={"STAND_IN_KILL": kill}, retryLimit=0, resources={"memory": "1536Mi"})
+    st = h.wait_phase(f"big-{kill}", "Failed", timeout=120)
     message = next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
-    assert message.startswith("job big-a1 failed: the trainer was killed for memory (exit 137, Error): raise spec.resources.memory (now 1536Mi)"), message
+    assert message.startswith(f"job big-{kill}-a1 failed: the trainer was killed for memory ({how}): raise spec.resources.memory (now 1536Mi) "
+                              "or lower sft.microBatchSize"), message
 
 
 def test_cache_reapply_does_nothing_and_an_edit_reruns_only_downstream(h):

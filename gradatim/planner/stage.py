@@ -3,6 +3,7 @@ job, what S3 holds under its key, and the time. The operator and local mode both
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from gradatim.planner.render import (
 )
 
 MAX_BACKOFF_SECONDS = 3600
+TORCHRUN_SIGKILL = re.compile(r"exitcode\s*:\s*-9\b")  # a worker's line in torchrun's ChildFailedError summary
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ def _from_termination_message(message: str) -> TrainerError | str:
     try:
         return TrainerError.model_validate_json(message)
     except ValueError:
-        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        lines = [line.strip() for line in message.splitlines() if any(ch.isalnum() for ch in line)]  # not torchrun's ==== rules
         return f"{lines[-1][:500] if lines else 'no message'} (the pod log's last line)"
 
 
@@ -313,10 +315,12 @@ def failure_cause(o: Observed, attempt: int) -> str:
     states = terminated_states(o.pods)
     # 137 is SIGKILL: the kernel's OOM killer, unless the job runner says it stopped the replica itself ("Killed").
     killed = next((t for t in states if t.get("reason") == "OOMKilled" or (t.get("exitCode") == 137 and t.get("reason") != "Killed")), None)
-    if killed is not None:
+    # torchrun outlives a worker the OOM killer chose alone, and its failure summary in the log's tail says so.
+    worker = next((t for t in states if TORCHRUN_SIGKILL.search(t.get("message") or "")), None)
+    if killed is not None or worker is not None:
+        how = f"exit {killed.get('exitCode')}, {killed.get('reason') or 'SIGKILL'}" if killed else "a torchrun worker got SIGKILL"
         memory = effective_resources(o.stage, o.pipeline)["memory"] if o.pipeline is not None else "?"
-        return (f"the trainer was killed for memory (exit {killed.get('exitCode')}, {killed.get('reason') or 'SIGKILL'}): raise spec.resources.memory "
-                f"(now {memory}) or {memory_knobs(o.stage.spec.type)}")
+        return f"the trainer was killed for memory ({how}): raise spec.resources.memory (now {memory}) or {memory_knobs(o.stage.spec.type)}"
     said = [_from_termination_message(t["message"]) for t in states if t.get("message")]
     records = [r for r in [o.error, *said] if isinstance(r, TrainerError) and r.attempt == attempt]
     if records:
