@@ -13,6 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from gradatim.api.resolved import PROGRESS_FILE, RESULTS_FILE
+from gradatim.api.runfiles import ERROR_FILE, TrainerError
 
 RETRIES = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"})
 
@@ -76,6 +77,17 @@ def read_run_files(s3: Any, output_uri: str, *, running: bool) -> tuple[dict[str
     results = read_json(s3, output_uri + RESULTS_FILE)
     progress = read_json(s3, output_uri + PROGRESS_FILE) if running else None
     return results, progress
+
+
+def read_error(s3: Any, output_uri: str) -> TrainerError | None:
+    """The trainer's record of why its last failed attempt under `output_uri` failed, if it wrote one."""
+    record = read_json(s3, output_uri + ERROR_FILE)
+    if record is None:
+        return None
+    try:
+        return TrainerError.model_validate(record)
+    except ValueError:  # written by another trainer version: the pod's termination message still says why
+        return None
 
 
 def write_json(s3: Any, uri: str, obj: Any) -> None:

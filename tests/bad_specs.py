@@ -124,6 +124,9 @@ BAD_SPECS: list[BadSpec] = [
     stage("pass-rate band inverted", {**GENERATE_SPEC, "generate": {"passRateBand": {"min": 0.8, "max": 0.2}}}, "spec.generate.passRateBand.min", "min must not exceed max"),
     stage("zero nodes", {"resources": {"nodes": 0}}, "spec.resources.nodes", "greater than or equal to 1"),
     stage("memory not a quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory", "should match"),
+    stage("negative memory", {"resources": {"memory": "-8Gi"}}, "spec.resources.memory", "should match"),
+    stage("zero cpu", {"resources": {"cpu": "0"}}, "spec.resources.cpu", "should match"),
+    stage("negative cpu as an integer", {"resources": {"cpu": -2}}, "spec.resources.cpu", "greater than or equal to 1"),
     stage("gpu resource name with spaces", {"resources": {"gpuResourceName": "NVIDIA GPU"}}, "spec.resources.gpuResourceName", "should match"),
     stage("negative retry limit", {"retryLimit": -1}, "spec.retryLimit", "greater than or equal to 0"),
     stage("unknown field", {"learningRate": 1e-5}, "spec.learningRate", "unknown field"),
@@ -149,5 +152,7 @@ BAD_SPECS: list[BadSpec] = [
     pipeline("unknown pull policy", {"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", 'supported values: "Always"'),
     pipeline("negative GPUs", {"resources": {"gpusPerNode": -1}}, "spec.resources.gpusPerNode", "greater than or equal to 0"),
     pipeline("shm not a quantity", {"resources": {"shmSize": "1 GB"}}, "spec.resources.shmSize", "should match"),
+    pipeline("zero shm", {"resources": {"shmSize": "0Mi"}}, "spec.resources.shmSize", "should match"),
+    pipeline("negative default memory", {"resources": {"memory": "-1"}}, "spec.resources.memory", "should match"),
     pipeline("queue name invalid", {"queueName": "Team A"}, "spec.queueName", "should match"),
 ]

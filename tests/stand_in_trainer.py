@@ -4,7 +4,9 @@ resolved stage spec, checks every input URI exists in S3, resumes from its check
 writes outputs and then results.json (last, so results appear only when the run is complete).
 
 Test knobs, from the stage's `spec.env`: STAND_IN_STEPS, STAND_IN_STEP_SECONDS, STAND_IN_FAIL_ATTEMPTS (fail
-attempts up to this number at step 2), STAND_IN_METRICS (JSON of headline metrics).
+attempts up to this number at step 2), STAND_IN_METRICS (JSON of headline metrics), STAND_IN_KILL (at step 2, SIGKILL:
+`container` kills torchrun and this worker, as a cgroup's OOM killer does with memory.oom.group; `worker` only this
+process, as the OOM killer choosing one process does).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -41,6 +44,10 @@ def main() -> int:
     print(f"stage {spec['stage']} attempt {spec['attempt']}: resuming at step {start} of {steps}", flush=True)
     for step in range(start + 1, steps + 1):
         time.sleep(pause)
+        if step == 2 and os.environ.get("STAND_IN_KILL") == "container":
+            os.killpg(os.getpgid(os.getppid()), signal.SIGKILL)  # torchrun leads the container's process group
+        if step == 2 and os.environ.get("STAND_IN_KILL"):
+            os.kill(os.getpid(), signal.SIGKILL)  # torchrun starts each worker in a session of its own
         if step == 2 and spec["attempt"] <= fail_attempts:
             print("failing on purpose", file=sys.stderr, flush=True)
             return 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import pytest
 
 from gradatim import s3
 from gradatim.api.common import Fields
-from gradatim.api.resolved import ResolvedSource
+from gradatim.api.resolved import ResolvedSource, ResolvedStageSpec
 from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.rewards import chosen_letter, grade
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import SourceError, load_dataset
+from gradatim.trainer.errors import classify
+from gradatim.trainer.sources import InputError, load_dataset
 from gradatim.trainer.tiny import tiny_math
 from tests.trainer_harness import run_trainer, stage_spec
 
@@ -107,12 +109,22 @@ def test_letters_are_read_from_the_final_answer():
 
 
 def test_bad_split_config_or_field_says_which_and_what_to_do(layouts, tmp_path):
-    with pytest.raises(SourceError, match=r"math500: .*split.*test"):
-        load(ResolvedSource(uri=str(layouts["math500"]), name="math500", split="train", fields=Fields(prompt="problem")), tmp_path)
-    with pytest.raises(SourceError, match=r"fields name column\(s\) question, but the dataset has .*problem"):
-        load(ResolvedSource(uri=str(layouts["math500"]), split="test", fields=Fields(prompt="question")), tmp_path)
-    with pytest.raises(SourceError, match="gpqa_nope"):
-        load(ResolvedSource(uri=str(layouts["gpqa-diamond"]), config="gpqa_nope", split="train", fields=GPQA_FIELDS), tmp_path)
+    """The trainer's one-line error names the input and what to change."""
+    cases = [
+        (ResolvedSource(uri=str(layouts["math500"]), name="math500", split="train", fields=Fields(prompt="problem")),
+         r"^inputs\.evalData\[0\] \(.*MATH-500\): .*split.*test.*; check split and config"),
+        (ResolvedSource(uri=str(layouts["math500"]), split="test", fields=Fields(prompt="question")),
+         r"^inputs\.evalData\[0\] .*: fields name column\(s\) question, but the dataset has .*problem.*; fix fields$"),
+        (ResolvedSource(uri=str(layouts["gpqa-diamond"]), config="gpqa_nope", split="train", fields=GPQA_FIELDS), r"^inputs\.evalData\[0\] .*gpqa_nope"),
+    ]
+    for source, message in cases:
+        with pytest.raises(InputError) as failure:
+            load(source, tmp_path)
+        spec = ResolvedStageSpec(namespace="n", pipeline="p", stage="s", type="eval", attempt=1, cache_key="k", params={},
+                                 inputs={"model": {"builtin": "tiny-model"}, "evalData": [source.to_wire()]},
+                                 output={"uri": "s3://b/o/", "checkpointUri": "s3://b/o/c/"}, storage={"bucket": "b"})
+        error = classify(failure.value, spec)
+        assert error.field == "inputs.evalData[0]" and re.search(message, error.message), error.message
 
 
 def test_from_seaweedfs_as_from_a_path_and_downloaded_once_per_node(cluster, layouts, tmp_path):

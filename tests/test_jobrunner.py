@@ -91,6 +91,11 @@ def test_a_failing_replica_fails_the_job(kube, namespace, runner, tmp_path):
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "PyTorchJobFailed" and "1 Master replica(s) failed" in failed["message"]
     assert not runner.jobs
+    pod = client.CoreV1Api(kube).read_namespaced_pod("bad-master-0", namespace)  # written before the job's Failed
+    assert pod.metadata.labels["training.kubeflow.org/job-name"] == "bad" and pod.metadata.owner_references[0].name == "bad"
+    terminated = pod.status.container_statuses[0].state.terminated
+    # The container is torchrun, which exits 1 when a worker fails (here with 3), and names the worker's code in its log.
+    assert pod.status.phase == "Failed" and terminated.exit_code == 1 and terminated.reason == "Error", "the kubelet's record of the exit"
 
 
 def test_suspend_resume_and_delete(kube, namespace, runner, tmp_path):

@@ -155,7 +155,8 @@ def test_a_failed_quality_gate_fails_the_run_and_blocks_what_follows(cluster, tm
     ({"midtrain": {"inputs": {"model": {"fromStage": "sft"}, "data": [{"fromStage": "decontaminate"}]}}},
      "stages.yaml: TrainingStage midtrain: spec.inputs.model.fromStage: must name a stage that is listed in dependsOn"),
     ({"decontaminate": {"decontaminate": {"ngramsize": 8}}}, "stages.yaml: TrainingStage decontaminate: spec.decontaminate.ngramsize: Extra inputs are not permitted"),
-], ids=["out-of-range", "missing-type-block", "fromStage-not-a-dependency", "unknown-field"])
+    ({"sft": {"resources": {"memory": "-8Gi"}}}, "stages.yaml: TrainingStage sft: spec.resources.memory: Value error, must be a positive quantity such as 32, 500m or 8Gi (got '-8Gi')"),
+], ids=["out-of-range", "missing-type-block", "fromStage-not-a-dependency", "unknown-field", "negative-memory"])
 def test_a_bad_recipe_names_the_file_object_and_field_and_runs_nothing(tmp_path, patch, where):
     docs = small_recipe("gradatim")
     for doc in docs[1:]:

@@ -77,6 +77,29 @@ def test_retry_limit_fails_the_stage_and_blocks_downstream(h):
     assert "broken" in next(c["message"] for c in pipe["status"]["conditions"] if c["type"] == "Stalled")
 
 
+def test_the_trainers_one_line_reason_is_the_stalled_message(h):
+    # The real trainer (any image but the stand-in's runs gradatim.trainer): it fails on its first input, in seconds.
+    h.pipeline("why", image="gradatim/trainer:test")
+    h.stage("nomodel", "why", model={"builtin": "tiny-foo"}, retryLimit=0)
+    st = h.wait_phase("nomodel", "Failed", timeout=120)
+    message = next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
+    assert message.startswith("job nomodel-a1 failed: inputs.model: builtin model 'tiny-foo' is unknown; use tiny-model"), message
+    assert any(e.type == "Warning" and "tiny-foo" in e.message for e in h.events("nomodel"))
+    [pod] = client.CoreV1Api(h.kube).list_namespaced_pod(h.namespace, label_selector="gradatim.io/stage=nomodel").items
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 1 and "tiny-foo" in terminated.message, "the job runner writes the container's state as the kubelet does"
+
+
+@pytest.mark.parametrize("kill, how", [("container", "exit 137, Error"), ("worker", "a torchrun worker got SIGKILL")])
+def test_a_trainer_killed_for_memory_says_which_resource_to_raise(h, kill, how):
+    h.pipeline(f"oom-{kill}")
+    h.stage(f"big-{kill}", f"oom-{kill}", env={"STAND_IN_KILL": kill}, retryLimit=0, resources={"memory": "1536Mi"})
+    st = h.wait_phase(f"big-{kill}", "Failed", timeout=120)
+    message = next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
+    assert message.startswith(f"job big-{kill}-a1 failed: the trainer was killed for memory ({how}): raise spec.resources.memory (now 1536Mi) "
+                              "or lower sft.microBatchSize"), message
+
+
 def test_cache_reapply_does_nothing_and_an_edit_reruns_only_downstream(h):
     h.pipeline("cache")
     h.stage("c-up", "cache", "midtrain")

@@ -14,7 +14,7 @@ from gradatim.api.hyperparams import GRPOParams, SFTParams
 from gradatim.api.resolved import ResolvedSource, ResolvedStageSpec
 from gradatim.trainer.hf import fsdp_config, model_settings, training_arguments
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import SourceError, load_model
+from gradatim.trainer.sources import InputError, SourceError, load_model
 from gradatim.trainer.stages import grpo
 from gradatim.trainer.tiny import build_model, build_tokenizer
 
@@ -80,8 +80,9 @@ def test_config_overrides_and_attention_change_the_loaded_model(tmp_path):
     expected = 1.0 / (20000.0 ** (torch.arange(0, 32, 2, dtype=torch.float32) / 32)) / 2.0
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, expected)
     assert not torch.allclose(plain.model.rotary_emb.inv_freq, expected)
-    with pytest.raises(SourceError, match="tiny-teacher"):
+    with pytest.raises(InputError) as failure:
         load_model(ResolvedSource(builtin="tiny-teacher"), None, Runtime.single(tmp_path), **model_settings(params, cpu()))
+    assert isinstance(failure.value.__cause__, SourceError) and "tiny-teacher is cached as built" in str(failure.value.__cause__)
 
 
 def test_grpo_entropy_terms_reach_trl(tmp_path):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "gradatim.io"
@@ -23,6 +24,9 @@ DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A Kubernetes resource.Quantity, as apimachinery's regexp spells it.
 QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+# The same, above zero: no sign, and a digit other than 0 before the suffix (no CPU, memory or shm size of 0 or less
+# means anything). A pattern, not a CEL rule, so that pydantic and the API server say the same.
+POSITIVE_QUANTITY = r"^\+?(([0-9]*[1-9][0-9]*(\.[0-9]*)?)|([0-9]*\.[0-9]*[1-9][0-9]*))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,19 @@ class Model(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def _positive_quantity(value: Any) -> Any:
+    ok = value >= 1 if isinstance(value, int) and not isinstance(value, bool) else isinstance(value, str) and re.match(POSITIVE_QUANTITY, value)
+    if not ok:
+        raise ValueError("must be a positive quantity such as 32, 500m or 8Gi")
+    return value
+
+
 Quantity = Annotated[
     int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY}),
+    BeforeValidator(_positive_quantity),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": POSITIVE_QUANTITY, "minimum": 1}),
 ]
+"""A resource quantity above zero (CPU, memory, shm size): an integer, or a string such as `500m` or `8Gi`."""
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 

@@ -3,7 +3,8 @@
 It watches PyTorchJobs on the API server and hands each to `processes.JobProcesses`, which runs each replica
 as a local `torchrun` process with the env Kubeflow injects (master on loopback), the pod's ConfigMap volumes
 written to files and its Secret references resolved into env (here: read from the API server); it writes back
-the status conditions and replica statuses Kubeflow writes. The semantics it copies are listed, with links, in
+the status conditions and replica statuses Kubeflow writes, and a pod per replica with the container state the
+kubelet writes (exit code, reason, termination message). The semantics it copies are listed, with links, in
 `gradatim/local/kubeflow.py`.
 """
 
@@ -72,7 +73,9 @@ class JobRunner:
         self.custom = client.CustomObjectsApi(api)
         self.namespace = namespace
         self.poll_seconds = poll_seconds
-        self.processes = JobProcesses(workdir, api_resolvers(client.CoreV1Api(api)), image_modules, extra_env, prometheus_sd_dir)
+        self.core = client.CoreV1Api(api)
+        self.processes = JobProcesses(workdir, api_resolvers(self.core), image_modules, extra_env, prometheus_sd_dir)
+        self._pods_written: dict[tuple[str, str], str] = {}  # (job uid, pod name) -> the status last written
 
     @property
     def jobs(self) -> dict[str, LocalJob]:
@@ -112,13 +115,37 @@ class JobRunner:
         for uid in [u for u in self.jobs if u not in seen]:  # deleted: stop its processes
             local = self.jobs[uid]
             log.info("PyTorchJob %s/%s was deleted; stopping its processes", local.namespace, local.name)
-            self.processes.stop(uid)
+            self.processes.forget(uid)
+            self._pods_written = {k: v for k, v in self._pods_written.items() if k[0] != uid}
 
     def sync(self, job: dict[str, Any], may_start: bool = True) -> None:
         before = job.get("status") or {}
         status = self.processes.sync(job, datetime.now(timezone.utc), may_start)
+        self._write_pods(job)  # first: the operator reads the pods once the job says Failed
         if json.dumps(status, sort_keys=True) != json.dumps(before, sort_keys=True):
             self._write_status(job, status)
+
+    def _write_pods(self, job: dict[str, Any]) -> None:
+        """Creates each replica's pod, as Kubeflow would, and writes its status, as the kubelet would: a failed
+        container's exit code, reason and termination message are how the operator learns why an attempt died."""
+        uid = job["metadata"]["uid"]
+        for pod in self.processes.pods.get(uid, []):
+            meta = pod["metadata"]
+            key, status = (uid, meta["name"]), json.dumps(pod["status"], sort_keys=True)
+            if self._pods_written.get(key) == status:
+                continue
+            try:
+                if key not in self._pods_written:
+                    try:
+                        self.core.create_namespaced_pod(meta["namespace"], {k: v for k, v in pod.items() if k != "status"})
+                    except ApiException as err:
+                        if err.status != 409:
+                            raise
+                self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": _replacing_states(pod["status"])})
+                self._pods_written[key] = status
+            except ApiException as err:  # the pod is a report, not what runs the replica: never stop a job for it
+                log.warning("Could not write pod %s/%s: %s", meta["namespace"], meta["name"], err.reason)
+                self._pods_written[key] = status
 
     def _write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
@@ -127,6 +154,14 @@ class JobRunner:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+
+def _replacing_states(status: dict[str, Any]) -> dict[str, Any]:
+    """A status patch whose container states replace the old ones: a strategic merge would keep `running` beside
+    a new `terminated`, and a container has one state."""
+    statuses = [{**c, "state": {"running": None, "waiting": None, "terminated": None, **c.get("state", {})}}
+                for c in status.get("containerStatuses", [])]
+    return {**status, "containerStatuses": statuses} if statuses else status
 
 
 def cpu_quantity(value: str | int | float) -> float:

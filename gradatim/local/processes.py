@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from gradatim.api.resolved import FINAL_SCRAPE_ENV
+from gradatim.api.runfiles import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
 from gradatim.cluster.targets import write_targets
 from gradatim.local import kubeflow as kf
+from gradatim.planner.render import KUBEFLOW_JOB_LABEL
 
 log = logging.getLogger("gradatim.jobrunner")
 
@@ -53,6 +55,12 @@ class Replica:
     process: subprocess.Popen
     log_path: Path
     metrics_port: int | None = None
+    stopped: bool = False  # ended by the runner (its job finished or was stopped), not on its own
+
+    @property
+    def termination_log(self) -> Path:
+        """The file the container's termination message is written to (its terminationMessagePath)."""
+        return self.log_path.parent / "termination-log"
 
 
 @dataclass
@@ -73,6 +81,7 @@ class LocalJob:
     def kill(self) -> None:
         live = [r for r in self.replicas if r.process.poll() is None]
         for r in live:
+            r.stopped = True
             _signal_group(r.process, signal.SIGTERM)
         deadline = time.monotonic() + KILL_GRACE_SECONDS
         for r in live:
@@ -88,6 +97,67 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+# What the kubelet keeps of a failed container's log as its message under FallbackToLogsOnError.
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+
+
+def pod_object(job: Mapping[str, Any], replica: Replica) -> dict[str, Any]:
+    """The pod Kubeflow would create for a replica: its template's labels and spec, owned by the job."""
+    meta = job["metadata"]
+    template = job["spec"]["pytorchReplicaSpecs"][replica.rtype]["template"]
+    labels = {**((template.get("metadata") or {}).get("labels") or {}), KUBEFLOW_JOB_LABEL: meta["name"],
+              REPLICA_TYPE_LABEL: replica.rtype.lower(), REPLICA_INDEX_LABEL: str(replica.index)}
+    owner = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": meta["name"], "uid": meta["uid"], "controller": True,
+             "blockOwnerDeletion": True}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": kf.pod_name(meta["name"], replica.rtype, replica.index), "namespace": meta["namespace"], "labels": labels,
+                         "ownerReferences": [owner]},
+            "spec": template.get("spec") or {}, "status": {"phase": "Pending"}}
+
+
+def exit_code(returncode: int) -> int:
+    """A process's status as a container's exit code: killed by signal N is 128 + N (SIGKILL: 137)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def termination_message(replica: Replica, code: int, policy: str | None) -> str:
+    """What the kubelet reads into the terminated state: the termination message file, or with
+    FallbackToLogsOnError and a failed container, the log's tail."""
+    try:
+        text = replica.termination_log.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace")
+    except OSError:
+        text = ""
+    if not text.strip() and code != 0 and policy == "FallbackToLogsOnError":
+        try:
+            lines = replica.log_path.read_bytes().splitlines()[-FALLBACK_LOG_LINES:]
+        except OSError:
+            lines = []
+        text = b"\n".join(lines)[-FALLBACK_LOG_BYTES:].decode(errors="replace")
+    return text
+
+
+def pod_status(pod: dict[str, Any], replica: Replica) -> dict[str, Any]:
+    """`pod` with the status the kubelet writes for the replica's one container: running, or terminated with
+    its exit code, reason and message. A replica the runner stopped says so in its reason ("Killed"), so that its
+    SIGKILL after the grace period is not taken for a kill for memory."""
+    container = next((c for c in pod["spec"].get("containers", []) if c["name"] == "pytorch"), {})
+    returncode = replica.process.poll()
+    if returncode is None:
+        phase, state = "Running", {"running": {}}
+    else:
+        code = exit_code(returncode)
+        reason = "Completed" if code == 0 else ("Killed" if replica.stopped else "Error")
+        terminated: dict[str, Any] = {"exitCode": code, "reason": reason}
+        if message := termination_message(replica, code, container.get("terminationMessagePolicy")):
+            terminated["message"] = message
+        phase, state = ("Succeeded" if code == 0 else "Failed"), {"terminated": terminated}
+    status = {"phase": phase, "containerStatuses": [{"name": "pytorch", "image": container.get("image", ""), "ready": phase == "Running",
+                                                     "restartCount": 0, "state": state}]}
+    return {**pod, "status": status}
 
 
 class JobProcesses:
@@ -108,6 +178,7 @@ class JobProcesses:
         self.extra_env = dict(extra_env or {})
         self.sd_dir = prometheus_sd_dir
         self.jobs: dict[str, LocalJob] = {}
+        self.pods: dict[str, list[dict[str, Any]]] = {}  # by job uid: each replica's pod, status as the kubelet writes it
 
     def sync(self, job: dict[str, Any], now: datetime, may_start: bool = True) -> dict[str, Any]:
         """Starts, checks or stops the job's processes as its spec says; returns the status Kubeflow would write.
@@ -144,17 +215,24 @@ class JobProcesses:
         if not may_start:
             return status
         self.jobs[uid] = self._start(job)
+        self.pods[uid] = [pod_object(job, r) for r in self.jobs[uid].replicas]
         status["startTime"] = status.get("startTime") or kf._ts(now)
         status = kf.set_condition(status, "Running", True, kf.reason("Running"), msg["Running"], now)
         status["replicaStatuses"] = {t: {"active": n} for t, n in kf.replica_counts(job).items()}
         return status
 
     def stop(self, uid: str) -> None:
-        """Kills the job's processes (if any) and forgets them."""
+        """Kills the job's processes (if any) and forgets them; their pods' last status is kept."""
         local = self.jobs.pop(uid, None)
         if local is not None:
             local.kill()
+            self.pods[uid] = [pod_status(pod, r) for pod, r in zip(self.pods.get(uid, []), local.replicas)]
             self._remove_targets(local)
+
+    def forget(self, uid: str) -> None:
+        """Drops a deleted job's pods."""
+        self.stop(uid)
+        self.pods.pop(uid, None)
 
     def stop_all(self) -> None:
         for uid in list(self.jobs):
@@ -162,6 +240,7 @@ class JobProcesses:
 
     def _check(self, job: dict[str, Any], local: LocalJob, status: dict[str, Any], now: datetime) -> dict[str, Any]:
         name = job["metadata"]["name"]
+        self.pods[local.uid] = [pod_status(pod_object(job, r), r) for r in local.replicas]
         deadline = kf.run_policy(job).get("activeDeadlineSeconds")
         codes = local.exit_codes()
         failed = [k for k, c in codes.items() if c not in (None, 0)]
@@ -206,6 +285,7 @@ class JobProcesses:
         rtype, index = key
         old = next(r for r in local.replicas if (r.rtype, r.index) == key)
         spec = job["spec"]["pytorchReplicaSpecs"][rtype]
+        old.termination_log.unlink(missing_ok=True)  # a restarted container starts with an empty message
         new = self._start_replica(job, rtype, index, spec["template"], local.master_port, old.log_path.parent)
         local.replicas[local.replicas.index(old)] = new
         local.restarts += 1
@@ -252,6 +332,9 @@ class JobProcesses:
         argv = self._argv(container, mounts)
         pod_root.mkdir(parents=True, exist_ok=True)
         log_path = pod_root / "container.log"
+        # The kubelet mounts an empty file at terminationMessagePath; here the trainer is told where it is.
+        env[TERMINATION_LOG_ENV] = str(pod_root / "termination-log")
+        (pod_root / "termination-log").write_text("")
         with open(log_path, "ab") as out:
             process = subprocess.Popen(argv, env=env, cwd=pod_root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         return Replica(rtype, index, process, log_path, metrics_port)

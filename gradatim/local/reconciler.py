@@ -75,13 +75,18 @@ class LocalJobs:
     def delete(self, name: str) -> None:
         job = self.objects.pop(name, None)
         if job is not None:
-            self.processes.stop(job["metadata"]["uid"])
+            self.processes.forget(job["metadata"]["uid"])
 
     def sync(self, now: datetime) -> None:
         """Advances every job's processes and conditions; waiting jobs start, oldest first, as slots free up."""
         for job in self.objects.values():
             may_start = len(self.processes.jobs) < self.parallel
             job["status"] = self.processes.sync(job, now, may_start)
+
+    def pods(self, name: str) -> tuple[dict[str, Any], ...]:
+        """The job's pods with the status the kubelet would write, its containers' exit codes included."""
+        job = self.objects.get(name)
+        return tuple(self.processes.pods.get(job["metadata"]["uid"], [])) if job else ()
 
     def running(self) -> int:
         return len(self.processes.jobs)
@@ -143,12 +148,14 @@ class LocalReconciler:
         current = status.job_name if status and status.job_name else job_name(name, (status.attempt if status else 0) + 1)
         job = self.jobs.get(current)
         key = self.keys.get(name)
-        results = progress = None
+        results = progress = error = None
         problems: tuple[str, ...] = ()
+        failed = job is not None and job_state(job) is JobState.FAILED
         if key is not None:
             out = stage_output_uri(self.pipeline, self.namespace, stage, key)
             try:
                 results, progress = s3.read_run_files(self.store, out, running=job is not None)
+                error = s3.read_error(self.store, out) if failed else None
                 self._s3_failures.pop(name, None)
             except (BotoCoreError, ClientError) as err:
                 self._s3_failures[name] = self._s3_failures.get(name, 0) + 1
@@ -156,7 +163,8 @@ class LocalReconciler:
                     log.warning("Could not read S3 for stage %s (will retry): %s", name, err)
                     return
                 problems = (storage_problem(self.pipeline, out, err),)
-        plan = plan_stage(Observed(stage, self.pipeline, self.stages, job, results, progress, now, problems))
+        pods = self.jobs.pods(current) if failed else ()
+        plan = plan_stage(Observed(stage, self.pipeline, self.stages, job, results, progress, now, problems, error, pods))
         self._act(plan, now)
         self.stages[name] = stage.model_copy(update={"status": plan.status})
         running = plan.status.phase == "Running" and job is not None and job_state(job) is JobState.RUNNING

@@ -11,6 +11,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gradatim.api import GROUP, VERSION, TrainingPipeline, TrainingStage
+from gradatim.planner.render import KUBEFLOW_JOB_LABEL, STAGE_LABEL
 
 STAGES, PIPELINES = "trainingstages", "trainingpipelines"
 KF_GROUP, KF_VERSION, PYTORCHJOBS = "kubeflow.org", "v1", "pytorchjobs"
@@ -43,6 +44,13 @@ def get_pipeline(api: client.ApiClient, namespace: str, name: str) -> dict[str, 
 
 def get_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     return get_or_none(_custom(api).get_namespaced_custom_object, KF_GROUP, KF_VERSION, namespace, PYTORCHJOBS, name)
+
+
+def list_job_pods(api: client.ApiClient, namespace: str, stage: str, job: str) -> list[dict[str, Any]]:
+    """The pods of a stage's job (by the labels rendered on its pod template and the job name Kubeflow adds)."""
+    selector = f"{STAGE_LABEL}={stage},{KUBEFLOW_JOB_LABEL}={job}"
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
+    return [api.sanitize_for_serialization(p) for p in pods]
 
 
 def read_secret(api: client.ApiClient, namespace: str, name: str) -> dict[str, str] | None:

@@ -16,12 +16,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from gradatim import s3
 from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.operator import kube
 from gradatim.operator.metrics import OperatorMetrics
 from gradatim.planner.graph import cache_keys
+from gradatim.planner.jobs import JobState, job_state
 from gradatim.planner.pipeline import plan_pipeline
 from gradatim.planner.render import job_name, stage_output_uri
 from gradatim.planner.stage import CreateJob, DeleteJob, Observed, Plan, SetJobSuspended, plan_stage
@@ -156,6 +158,13 @@ class Reconciler:
             self._s3_clients[identity] = s3.client_from_secret(data, ref.access_key_id_key, ref.secret_access_key_key, storage.endpoint, storage.region)
         return self._s3_clients[identity], []
 
+    def _job_pods(self, namespace: str, stage: str, job: str) -> list[dict[str, Any]]:
+        try:
+            return kube.list_job_pods(self.api, namespace, stage, job)
+        except ApiException as err:  # the pods only sharpen the message; Kubeflow's condition still says the job failed
+            log.warning("Could not list the pods of PyTorchJob %s/%s: %s", namespace, job, err.reason)
+            return []
+
     def reconcile_stage(self, namespace: str, name: str) -> tuple[list[Key], float | None]:
         body = kube.get_stage(self.api, namespace, name)
         if body is None:
@@ -172,8 +181,11 @@ class Reconciler:
         # The current attempt's job; with none recorded, the next attempt's, which a restart may have left behind.
         current = status.job_name if status and status.job_name else job_name(name, (status.attempt if status else 0) + 1)
         job = kube.get_job(self.api, namespace, current)
-        results = progress = None
+        results = progress = error = None
         problems: list[str] = []
+        failed = job is not None and job_state(job) is JobState.FAILED
+        # Why a failed attempt failed: its containers' exit codes and termination messages (an OOM kill leaves no other trace).
+        pods = self._job_pods(namespace, name, job["metadata"]["name"]) if failed else []
         if pipeline is not None:
             key = cache_keys(siblings, pipeline.spec.image).get(name)
             store, problems = self._storage(pipeline, namespace)
@@ -181,11 +193,12 @@ class Reconciler:
                 out = stage_output_uri(pipeline, namespace, stage, key)
                 try:
                     results, progress = s3.read_run_files(store, out, running=job is not None)
+                    error = s3.read_error(store, out) if failed else None
                 except (BotoCoreError, ClientError) as err:
                     problems = [storage_problem(pipeline, out, err)]
                     self.metrics.s3_errors.labels(namespace, stage.spec.pipeline, "GetObject").inc()  # read_json is the operator's one S3 call
         now = _now()
-        plan = plan_stage(Observed(stage, pipeline, siblings, job, results, progress, now, tuple(problems)))
+        plan = plan_stage(Observed(stage, pipeline, siblings, job, results, progress, now, tuple(problems), error, tuple(pods)))
         log.debug("Planned stage %s/%s: %s %s: %s", namespace, name, plan.status.phase, plan.reason, plan.message)
         self._act(stage, plan, siblings, now)
         changed = self._write_status(body, stage, plan)

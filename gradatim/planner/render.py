@@ -11,6 +11,7 @@ from gradatim.api.base import API_VERSION
 from gradatim.api.common import Resources, Source
 from gradatim.api.pipeline import TrainingPipeline
 from gradatim.api.resolved import OutputLocation, ProducedBy, ResolvedInputs, ResolvedSource, ResolvedStageSpec, StorageLocation
+from gradatim.api.runfiles import TERMINATION_LOG
 from gradatim.api.stage import TrainingStage
 
 LABEL_PREFIX = "gradatim.io/"
@@ -22,6 +23,7 @@ KEY_LABEL = LABEL_PREFIX + "cache-key"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gradatim"}
 TRAINER_POD = {"app.kubernetes.io/name": "gradatim-trainer"}  # what the PodMonitor selects; also its job label
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"  # Kubeflow puts it on every pod of a job
 
 SPEC_DIR = "/etc/gradatim"
 SPEC_FILE = "stage.json"
@@ -30,6 +32,10 @@ SCRATCH_DIR = "/scratch"
 METRICS_PORT = 9090
 # The main output of each type, for `fromStage` inputs that name no `output`.
 MAIN_OUTPUT = {"generate": "traces", "decontaminate": "data", "midtrain": "model", "sft": "model", "dpo": "model", "grpo": "model", "eval": "results"}
+# Every output each type writes (gradatim/trainer/stages/*.py): `model` is a model, the rest are datasets.
+OUTPUTS = {"generate": ("traces", "pairs", "prompts", "stats"), "decontaminate": ("data", "removed"), "midtrain": ("model",), "sft": ("model",),
+           "dpo": ("model",), "grpo": ("model",), "eval": ("results",)}
+MODEL_OUTPUT = "model"
 
 
 def job_name(stage: str, attempt: int) -> str:
@@ -67,6 +73,36 @@ class Upstream:
 def _sources(stage: TrainingStage) -> list[Source]:
     inputs = stage.spec.inputs
     return [s for s in [inputs.model, *inputs.data, *inputs.eval_data] if s is not None]
+
+
+def _slots(stage: TrainingStage) -> list[tuple[str, Source, bool]]:
+    """(field, source, wants a model) for every input of the stage."""
+    inputs = stage.spec.inputs
+    slots = [("spec.inputs.model", inputs.model, True)] if inputs.model is not None else []
+    slots += [(f"spec.inputs.data[{i}]", s, False) for i, s in enumerate(inputs.data)]
+    slots += [(f"spec.inputs.evalData[{i}]", s, False) for i, s in enumerate(inputs.eval_data)]
+    return slots
+
+
+def unfit_inputs(stage: TrainingStage, types: Mapping[str, str]) -> list[str]:
+    """`fromStage` inputs that name an output the upstream stage's type never writes, or a model where a dataset
+    belongs (and the reverse), each naming the field and what would fit; `types` maps stage names to types."""
+    problems = []
+    for field, source, wants_model in _slots(stage):
+        up = types.get(source.from_stage or "")
+        if up is None:
+            continue
+        output = source.output or MAIN_OUTPUT[up]
+        writes = f"stage {source.from_stage} is a {up} stage, which writes {', '.join(OUTPUTS[up])}"
+        where = f"{field}.output" if source.output else f"{field}.fromStage"
+        if output not in OUTPUTS[up]:
+            problems.append(f"{where}: {writes}; it has no output {output}")
+        elif wants_model and output != MODEL_OUTPUT:
+            problems.append(f"{where}: {writes}; a model comes from midtrain, sft, dpo or grpo")
+        elif not wants_model and output == MODEL_OUTPUT:
+            problems.append(f"{where}: {writes}, a model; a dataset comes from generate (traces, pairs, prompts, stats), "
+                            "decontaminate (data, removed) or eval (results)")
+    return problems
 
 
 def missing_outputs(stage: TrainingStage, upstream: Mapping[str, Upstream]) -> list[str]:
@@ -200,6 +236,9 @@ def _replica(stage: TrainingStage, pipeline: TrainingPipeline, resources: dict[s
                 "resources": {"requests": dict(limits), "limits": limits},
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True},
                                  {"name": "scratch", "mountPath": SCRATCH_DIR}],
+                # The trainer writes its one-line TrainerError here; the log's tail stands in when it could not.
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
             }
         ],
         "volumes": [

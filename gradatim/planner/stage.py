@@ -3,12 +3,14 @@ job, what S3 holds under its key, and the time. The operator and local mode both
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from gradatim.api.pipeline import TrainingPipeline
+from gradatim.api.runfiles import TrainerError, memory_knobs
 from gradatim.api.stage import GateResult, Progress, TrainingStage, TrainingStageStatus
 from gradatim.planner.conditions import conditions_for
 from gradatim.planner.graph import cache_keys, on_cycle
@@ -23,9 +25,12 @@ from gradatim.planner.render import (
     render_pytorchjob,
     render_stage_spec,
     child_labels,
+    effective_resources,
+    unfit_inputs,
 )
 
 MAX_BACKOFF_SECONDS = 3600
+TORCHRUN_SIGKILL = re.compile(r"exitcode\s*:\s*-9\b")  # a worker's line in torchrun's ChildFailedError summary
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class Observed:
     progress: dict[str, Any] | None  # progress.json of the running attempt, when the trainer wrote one
     now: datetime
     problems: tuple[str, ...] = ()  # bad references the shell found (missing Secret, unreachable S3), naming the field
+    error: TrainerError | None = None  # error.json under the stage's current key: why an attempt failed, if one did
+    pods: tuple[dict[str, Any], ...] = ()  # the current job's pods, once it failed: their containers' exit codes
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ def plan_stage(o: Observed) -> Plan:
         status.conditions = conditions_for(phase, reason, message, generation, now, previous.conditions)
         plan.reason, plan.message = reason, message
         if previous.phase != phase:
-            warn = phase in ("Failed", "Invalid", "Blocked")
+            warn = phase in ("Failed", "Invalid", "Blocked") or reason == "BackingOff"  # a failed attempt warns, retried or not
             plan.events.append(Event("Warning" if warn else "Normal", reason, message))
         return plan
 
@@ -163,6 +170,8 @@ def plan_stage(o: Observed) -> Plan:
         return finish("Blocked", "DependencyNotFound", f"spec.dependsOn: no stage {', '.join(missing)} in pipeline {stage.spec.pipeline}")
     if cycle := on_cycle(name, o.siblings):
         return finish("Blocked", "DependencyCycle", f"spec.dependsOn: dependency cycle {' -> '.join(cycle)}")
+    if unfit := unfit_inputs(stage, {n: s.spec.type for n, s in o.siblings.items()}):
+        return finish("Invalid", "InvalidInput", "; ".join(unfit))
 
     keys = cache_keys(o.siblings, o.pipeline.spec.image)
     key = keys.get(name)
@@ -219,7 +228,7 @@ def plan_stage(o: Observed) -> Plan:
         if state is JobState.SUCCEEDED:  # succeeded, but no results.json under the key
             state, failure = JobState.FAILED, f"job {status.job_name} succeeded but wrote no results.json"
         else:
-            failure = f"job {status.job_name} failed: {job_message(job)}"
+            failure = f"job {status.job_name} failed: {failure_cause(o, status.attempt)}"
         if state is JobState.FAILED:
             if previous.phase not in ("Retrying", "Failed") or previous.job_name != status.job_name:
                 status.retries += 1
@@ -232,7 +241,7 @@ def plan_stage(o: Observed) -> Plan:
                 return finish("Suspended", "Suspended", "suspended before the next attempt")
             if status.next_retry_time and now < status.next_retry_time:
                 plan.requeue_after = (status.next_retry_time - now).total_seconds()
-                return finish("Retrying", "BackingOff", f"{failure}; attempt {status.attempt + 1} starts at {status.next_retry_time.isoformat()}")
+                return finish("Retrying", "BackingOff", f"{failure}; retry {status.retries}/{stage.spec.retry_limit} at {status.next_retry_time.isoformat()}")
             job = None  # back-off over: start the next attempt below
         elif suspended:
             if kueue:  # Kueue owns runPolicy.suspend; stop the attempt instead and resume later from its checkpoint
@@ -273,6 +282,55 @@ def plan_stage(o: Observed) -> Plan:
 def _is_next_attempt(job: Mapping[str, Any], stage: str, attempt: int, key: str) -> bool:
     meta = job.get("metadata") or {}
     return meta.get("name") == job_name(stage, attempt) and (meta.get("labels") or {}).get(KEY_LABEL) == key
+
+
+def terminated_states(pods: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """The trainer container's terminated state in each pod that ended in failure, Master first."""
+    states = []
+    for pod in sorted(pods, key=lambda p: "-master-" not in p.get("metadata", {}).get("name", "")):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            if container.get("name") != "pytorch":
+                continue
+            term = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated")
+            if term and term.get("exitCode", 0) != 0:
+                states.append(term)
+    return states
+
+
+def _from_termination_message(message: str) -> TrainerError | str:
+    """A termination message as the trainer's TrainerError record, or the last log line the kubelet kept
+    instead (FallbackToLogsOnError)."""
+    try:
+        return TrainerError.model_validate_json(message)
+    except ValueError:
+        lines = [line.strip() for line in message.splitlines() if any(ch.isalnum() for ch in line)]  # not torchrun's ==== rules
+        return f"{lines[-1][:500] if lines else 'no message'} (the pod log's last line)"
+
+
+def failure_cause(o: Observed, attempt: int) -> str:
+    """Why the current attempt failed, in the words most useful to a user: a kill for memory (which leaves no
+    record), the trainer's own records (error.json from rank 0, termination messages from every pod; a known
+    cause beats an Unexpected one, as rank 0 often only hears that a peer went away), the log's tail, else
+    Kubeflow's condition."""
+    states = terminated_states(o.pods)
+    # 137 is SIGKILL: the kernel's OOM killer, unless the job runner says it stopped the replica itself ("Killed").
+    killed = next((t for t in states if t.get("reason") == "OOMKilled" or (t.get("exitCode") == 137 and t.get("reason") != "Killed")), None)
+    # torchrun outlives a worker the OOM killer chose alone, and its failure summary in the log's tail says so.
+    worker = next((t for t in states if TORCHRUN_SIGKILL.search(t.get("message") or "")), None)
+    if killed is not None or worker is not None:
+        how = f"exit {killed.get('exitCode')}, {killed.get('reason') or 'SIGKILL'}" if killed else "a torchrun worker got SIGKILL"
+        memory = effective_resources(o.stage, o.pipeline)["memory"] if o.pipeline is not None else "?"
+        return f"the trainer was killed for memory ({how}): raise spec.resources.memory (now {memory}) or {memory_knobs(o.stage.spec.type)}"
+    said = [_from_termination_message(t["message"]) for t in states if t.get("message")]
+    records = [r for r in [o.error, *said] if isinstance(r, TrainerError) and r.attempt == attempt]
+    if records:
+        return next((r for r in records if r.kind != "Unexpected"), records[0]).message
+    if said:
+        return str(said[0])
+    if states:
+        term = states[0]
+        return f"{job_message(o.job or {})} (exit {term.get('exitCode')}, {term.get('reason') or 'Error'}); see the pod log"
+    return job_message(o.job or {})
 
 
 def job_message(job: Mapping[str, Any]) -> str:

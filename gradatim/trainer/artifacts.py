@@ -26,6 +26,10 @@ class IncompleteArtifact(RuntimeError):
     """The prefix has no manifest (an upload never finished) or a file does not match it."""
 
 
+class ArtifactMissing(IncompleteArtifact):
+    """No manifest under the prefix: nothing was written there, or its upload never finished."""
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,7 +62,7 @@ def download_dir(store: Any, uri: str, local_dir: Path, transfer: TransferConfig
     only once everything checked out."""
     manifest = read_manifest(store, uri)
     if manifest is None:
-        raise IncompleteArtifact(f"{uri} has no {MANIFEST}: the upload never finished, or this is not an artifact")
+        raise ArtifactMissing(f"{uri} has no {MANIFEST}: the upload never finished, or this is not an artifact")
     base = S3Location.parse(uri if uri.endswith("/") else uri + "/")
     local_dir = Path(local_dir)
     local_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from gradatim.api.hyperparams import TrainingParams
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.trainer.artifacts import upload_dir
+from gradatim.trainer.errors import ParamError
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
 
@@ -24,7 +24,7 @@ log = logging.getLogger("gradatim.trainer")
 def accumulation_steps(params: TrainingParams, world_size: int) -> int:
     per_step = params.micro_batch_size * world_size
     if params.batch_size % per_step:
-        raise ValueError(f"batchSize {params.batch_size} is not a multiple of microBatchSize {params.micro_batch_size} x {world_size} processes; "
+        raise ParamError("batchSize", f"{params.batch_size} is not a multiple of microBatchSize {params.micro_batch_size} x {world_size} processes; "
                          "change batchSize, microBatchSize or the number of nodes/GPUs")
     return params.batch_size // per_step
 

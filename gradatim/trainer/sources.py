@@ -8,6 +8,8 @@ import logging
 import os
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,31 @@ class SourceError(ValueError):
     """A source that cannot be loaded, with what to change."""
 
 
+class InputError(Exception):
+    """Loading one input failed: `source` is the input, `__cause__` the error beneath. The trainer's error report
+    turns it into a message naming the input's field (inputs.model, inputs.data[0], ...)."""
+
+    def __init__(self, source: ResolvedSource) -> None:
+        super().__init__(f"cannot load input {source.hf or source.uri or source.builtin}")
+        self.source = source
+
+
+@contextmanager
+def loading(source: ResolvedSource) -> Iterator[None]:
+    """Wraps whatever loading `source` raises in an InputError that remembers the source."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(source) from err
+
+
 def local_copy(source: ResolvedSource, store: Any, rt: Runtime) -> Path:
     """A local directory (or file) holding the source: S3 artifacts are downloaded once per node, by its local
     rank 0, into the scratch volume, and verified; the node's other ranks wait and read the same copy."""
     if source.uri is None:
-        raise SourceError(f"{source.label}: has no uri")
+        raise SourceError("has no hf, uri or builtin")
     if source.uri.startswith("s3://"):
         target = rt.workdir / "inputs" / source.uri[5:].rstrip("/").replace("/", "_")
         with rt.node_first():
@@ -60,11 +82,11 @@ def _load_local(path: Path, source: ResolvedSource, cache_dir: Path) -> Any:
 
     if path.is_file():
         if path.suffix not in BUILDERS:
-            raise SourceError(f"{source.label}: {path.name} is not a .jsonl, .json, .parquet or .csv file")
+            raise SourceError(f"{path.name} is not a .jsonl, .json, .parquet or .csv file")
         return datasets.load_dataset(BUILDERS[path.suffix], data_files={_split_name(source.split): str(path)}, split=source.split, cache_dir=str(cache_dir))
     files = _data_files(path)
     if not files:
-        raise SourceError(f"{source.label}: {source.uri or path} holds no .jsonl, .parquet or .csv files")
+        raise SourceError(f"{source.uri or path} holds no .jsonl, .parquet or .csv files")
     if (path / "README.md").exists() or source.config or _has_split_layout(files, path):
         return datasets.load_dataset(str(path), name=source.config, split=source.split, cache_dir=str(cache_dir))
     builder = BUILDERS[Path(files[0]).suffix]
@@ -89,22 +111,23 @@ def load_dataset(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0)
     import datasets
 
     cache_dir = rt.workdir / "datasets"
-    try:
-        if source.builtin:
-            ds = datasets.Dataset.from_list(builtin_records(source.builtin, seed))
-        elif source.hf:
-            repo, revision = source.hub
-            with rt.node_first():  # one download per node; the others read the cache
-                ds = datasets.load_dataset(repo, name=source.config, split=source.split, revision=revision, cache_dir=str(cache_dir))
-        else:
-            where = local_copy(source, store, rt)
-            with rt.node_first():
-                ds = _load_local(where, source, cache_dir)
-    except ValueError as err:  # datasets' word for an unknown split or config
-        if isinstance(err, SourceError):
-            raise
-        raise SourceError(f"{source.label}: {err}; check split and config against the dataset's card") from err
-    return conform(ds, source.fields, seed, source.label)
+    with loading(source):
+        try:
+            if source.builtin:
+                ds = datasets.Dataset.from_list(builtin_records(source.builtin, seed))
+            elif source.hf:
+                repo, revision = source.hub
+                with rt.node_first():  # one download per node; the others read the cache
+                    ds = datasets.load_dataset(repo, name=source.config, split=source.split, revision=revision, cache_dir=str(cache_dir))
+            else:
+                where = local_copy(source, store, rt)
+                with rt.node_first():
+                    ds = _load_local(where, source, cache_dir)
+        except ValueError as err:  # datasets' word for an unknown split or config
+            if isinstance(err, SourceError):
+                raise
+            raise SourceError(f"{err}; check split and config against the dataset's card") from err
+        return conform(ds, source.fields, seed)
 
 
 def load_records(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0) -> list[dict[str, Any]]:
@@ -121,7 +144,8 @@ def load_all(sources: list[ResolvedSource], store: Any, rt: Runtime, seed: int =
     for source in sources:
         ds = load_dataset(source, store, rt, seed)
         if to_row is not None:
-            ds = ds.map(to_row, remove_columns=ds.column_names, desc=f"reading {source.label}")
+            with loading(source):  # a record the stage cannot use: the error names this input
+                ds = ds.map(to_row, remove_columns=ds.column_names, desc=f"reading {source.label}")
         parts.append(ds)
     return datasets.concatenate_datasets(parts) if len(parts) != 1 else parts[0]
 
@@ -130,7 +154,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 CHOICE_INSTRUCTION = "Answer with the letter of the correct choice, as \\boxed{X}."
 
 
-def conform(ds: Any, fields: Fields | None, seed: int, label: str) -> Any:
+def conform(ds: Any, fields: Fields | None, seed: int) -> Any:
     """The dataset with Gradatim's column names (`prompt`, `answer`, `completion`, `id`); multiple choice rendered
     into a lettered prompt whose `answer` is the correct letter."""
     if fields is None:
@@ -138,20 +162,20 @@ def conform(ds: Any, fields: Fields | None, seed: int, label: str) -> Any:
     renames = {getattr(fields, name): name for name in ("prompt", "answer", "completion", "id") if getattr(fields, name)}
     missing = sorted({c for c in [*renames, *(fields.choices or [])] if c not in ds.column_names})
     if missing:
-        raise SourceError(f"{label}: fields name column(s) {', '.join(missing)}, but the dataset has {', '.join(ds.column_names)}; fix fields")
+        raise SourceError(f"fields name column(s) {', '.join(missing)}, but the dataset has {', '.join(ds.column_names)}; fix fields")
     if fields.choices:
-        return ds.map(_multiple_choice(fields, seed, label), with_indices=True, remove_columns=ds.column_names, desc=f"rendering {label}")
+        return ds.map(_multiple_choice(fields, seed), with_indices=True, remove_columns=ds.column_names, desc="rendering choices")
     renames = {old: new for old, new in renames.items() if old != new}
     ds = ds.remove_columns([c for c in renames.values() if c in ds.column_names and c not in renames])
     return ds.rename_columns(renames)
 
 
-def _multiple_choice(fields: Fields, seed: int, label: str) -> Any:
+def _multiple_choice(fields: Fields, seed: int) -> Any:
     def render(record: dict[str, Any], index: int) -> dict[str, Any]:
         cols = fields.choices or []
         options = [str(o) for o in record[cols[0]]] if len(cols) == 1 else [str(record[c]) for c in cols]
         record_id = str(record[fields.id]) if fields.id else str(index)
-        correct = correct_choice(record[fields.answer or "answer"], options, f"{label} record {record_id}")
+        correct = correct_choice(record[fields.answer or "answer"], options, f"record {record_id}")
         order = list(range(len(options)))
         random.Random(f"{seed}:{record_id}").shuffle(order)  # GPQA lists the correct answer first: never show it there
         shown = [options[i] for i in order]
@@ -179,7 +203,7 @@ def builtin_records(name: str, seed: int) -> list[dict[str, Any]]:
     """`tiny-math:<split>` or `tiny-math:<split>:<n>`: procedural problems with a gold answer and a solution."""
     parts = name.split(":")
     if parts[0] != "tiny-math" or len(parts) not in (2, 3) or parts[1] not in tiny.SPLITS:
-        raise SourceError(f"builtin dataset {name!r}: use tiny-math:<train|eval|rl>[:<count>]")
+        raise SourceError(f"builtin dataset {name!r} is unknown; use tiny-math:<train|eval|rl>[:<count>]")
     n = int(parts[2]) if len(parts) == 3 else BUILTIN_SIZES[parts[1]]
     return [p.record() | {"solution": p.solution()} for p in tiny.tiny_math(parts[1], n, seed)]  # type: ignore[arg-type]
 
@@ -190,6 +214,11 @@ def load_model(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0, d
     `adjust_config(config)` changes the model's config before the weights load (attention kernel, RoPE);
     `on_teacher_step(step, steps, loss)` hears how training the builtin tiny-teacher goes, the first time a
     machine needs it."""
+    with loading(source):
+        return _load_model(source, store, rt, seed, dtype, on_teacher_step, adjust_config)
+
+
+def _load_model(source: ResolvedSource, store: Any, rt: Runtime, seed: int, dtype: Any, on_teacher_step: Any, adjust_config: Any):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if source.builtin == "tiny-model":
@@ -200,7 +229,7 @@ def load_model(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0, d
             raise SourceError("builtin model tiny-teacher is cached as built; leave out attention and configOverrides, or use tiny-model")
         return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info, on_step=on_teacher_step)
     if source.builtin:
-        raise SourceError(f"builtin model {source.builtin!r}: use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
+        raise SourceError(f"builtin model {source.builtin!r} is unknown; use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
     if source.hf:
         repo, revision = source.hub
         where, kwargs = repo, {"revision": revision, "cache_dir": str(rt.workdir / "hub")}

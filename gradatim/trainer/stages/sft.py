@@ -10,6 +10,7 @@ from trl import SFTConfig, SFTTrainer
 
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.errors import ParamError
 from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
@@ -26,7 +27,7 @@ def to_prompt_completion(record: dict[str, Any], system_message: str | None, thi
     else:
         completion = record.get("completion") or record.get("solution")
         if record.get("prompt") is None or completion is None:
-            raise SourceError(f"record {record.get('id', '?')} needs prompt and completion (or solution) fields")
+            raise SourceError(f"inputs.data: record {record.get('id', '?')} needs prompt and completion (or solution) fields")
         prompt = [{"role": "user", "content": record["prompt"]}]
     if system_message and not any(m["role"] == "system" for m in prompt):
         prompt = [{"role": "system", "content": system_message}, *prompt]
@@ -47,7 +48,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         callbacks=[progress, sharding, CheckpointSync(store, spec, rt)],
     )
     if len(trainer.train_dataset) == 0:
-        raise ValueError(f"no example fits in maxLength {params.max_length} tokens with the system message; raise maxLength or shorten systemMessage")
+        raise ParamError("maxLength", f"no example fits in {params.max_length} tokens with the system message; raise maxLength or shorten systemMessage")
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {"train_loss": final_loss(progress, result),
