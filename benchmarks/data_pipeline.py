@@ -5,10 +5,14 @@ into a cache the other ranks reuse, and TRL packs it best-fit-decreasing in O(n 
 
 Each path runs under `torchrun --nproc-per-node 2` (one node, two ranks) against SeaweedFS (started here, on
 loopback) and reports wall time and peak RSS per rank. The old packer is timed on a prefix of the documents, with
-the new packer on the same prefix: at a million documents it would run for hours.
+the new packer on the same prefix: at a million documents it would run for hours. `--packer-sizes` then times
+both packers alone on growing prefixes of the tokenised documents, where the O(documents x packs) one parts
+from the O(n log n) one.
 
 Usage: python benchmarks/data_pipeline.py [--records 1000000] [--packer-docs 20000] [--max-length 4096]
+       python benchmarks/data_pipeline.py --packer-only --packer-sizes 25000,50000,100000,200000
 Last line: `records=... old_peak_rss_mb=... new_peak_rss_mb=... rss_ratio=... packer_speedup=...`
+(with --packer-only: `docs=... old_packer_s=... new_packer_s=... packer_speedup=...` for the largest size)
 """
 
 from __future__ import annotations
@@ -131,6 +135,37 @@ def rank_main(args: argparse.Namespace) -> None:
     rt.close()
 
 
+# -- the packers alone -----------------------------------------------------------------------------------------------
+
+def compare_packers(sizes: list[int], max_length: int, work: Path) -> dict[str, float]:
+    """Both packers on the first n tokenised documents, for each n in `sizes`."""
+    import datasets
+
+    from gradatim.trainer import tiny
+    from gradatim.trainer.packing import pack
+    from gradatim.trainer.stages.midtrain import as_chat, chat_documents
+
+    datasets.disable_progress_bars()
+    records = work / "packer-records.jsonl"
+    write_records(records, max(sizes), seed=1)
+    rows = datasets.load_dataset("json", data_files=str(records), split="train", cache_dir=str(work / "cache")).map(as_chat)
+    docs = chat_documents(rows, tiny.build_tokenizer())
+    lengths = [min(n, max_length) for n in (len(ids) for ids in docs["input_ids"])]
+    print(f"\n{'documents':>10} {'old packer s':>13} {'new packer s':>13} {'speed-up':>9}")
+    last: dict[str, float] = {}
+    for n in sizes:
+        t = time.perf_counter()
+        old_pack_best_fit(lengths[:n], max_length)
+        old = time.perf_counter() - t
+        prefix = docs.select(range(n)).flatten_indices()  # a fresh table: nothing cached to reuse
+        t = time.perf_counter()
+        pack(prefix, max_length, packing=True)
+        new = time.perf_counter() - t
+        print(f"{n:>10,} {old:>13.2f} {new:>13.2f} {old / new:>8.1f}x", flush=True)
+        last = {"docs": n, "old_packer_s": old, "new_packer_s": new}
+    return last
+
+
 # -- the driver ------------------------------------------------------------------------------------------------------
 
 def run_path(path: str, args: argparse.Namespace, env: dict, work: Path, tokenizer_dir: Path, uri: str) -> list[dict]:
@@ -154,6 +189,8 @@ def main() -> int:
     parser.add_argument("--packer-docs", type=int, default=20_000, help="documents the old packer (and the new, for the ratio) packs")
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--packer-sizes", default="", help="comma-separated document counts to time both packers alone on")
+    parser.add_argument("--packer-only", action="store_true", help="only the packers (with --packer-sizes), no S3 and no ranks")
     parser.add_argument("--rank-of", choices=["old", "new"], help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -171,6 +208,12 @@ def main() -> int:
     from gradatim.trainer.artifacts import upload_dir
 
     work = Path(tempfile.mkdtemp(prefix="gradatim-bench-data-"))
+    sizes = [int(x) for x in args.packer_sizes.split(",") if x]
+    if args.packer_only:
+        last = compare_packers(sizes or [args.packer_docs], args.max_length, work)
+        print(f"docs={last['docs']} old_packer_s={last['old_packer_s']:.2f} new_packer_s={last['new_packer_s']:.2f} "
+              f"packer_speedup={last['old_packer_s'] / last['new_packer_s']:.1f}")
+        return 0
     store_dir = SeaweedFS(work / "s3")
     storage = store_dir.start(BUCKET, PlainProgress())
     try:
@@ -200,6 +243,8 @@ def main() -> int:
     old_wall = max(r["seconds"] for r in results["old"])
     new_wall = max(r["seconds"] for r in results["new"])
     speedup = results["old"][0]["packer_seconds_prefix"] / max(new["packer_seconds_prefix"], 1e-9)
+    if sizes:
+        compare_packers(sizes, args.max_length, work)
     print(f"records={args.records} old_wall_s={old_wall:.1f} new_wall_s={new_wall:.1f} old_peak_rss_mb={old_rss:.0f} new_peak_rss_mb={new_rss:.0f} "
           f"rss_ratio={new_rss / old_rss:.3f} packer_speedup={speedup:.1f}")
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 IGNORE = -100
-PACK_BATCH = 50_000  # documents binned together: bigger packs tighter, and each batch is one Arrow table in memory
+PACK_BATCH = 10_000  # documents binned together: more packs tighter, but each batch is one Arrow table in memory
 
 
 def pack(tokens: Any, max_length: int, packing: bool) -> Any:
