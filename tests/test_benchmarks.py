@@ -23,6 +23,7 @@ def test_data_pipeline_benchmark_runs():
     last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
     assert int(last["records"]) == 1500
     assert float(last["old_peak_rss_mb"]) > 0 and float(last["new_peak_rss_mb"]) > 0 and float(last["packer_speedup"]) > 0
+    assert 0 < float(last["new_peak_anon_mb"]) <= float(last["new_peak_rss_mb"])
     assert re.search(r"^new packer on all [\d,]+ documents", out, re.MULTILINE)
 
 
