@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from gradatim.api.hyperparams import TrainingParams
 from gradatim.api.resolved import ResolvedStageSpec
+from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.errors import ParamError
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
