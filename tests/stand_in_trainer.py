@@ -24,6 +24,7 @@ from gradatim import s3
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", required=True)
+    parser.add_argument("--workdir")  # the pod's scratch volume, as the real trainer takes it
     spec = json.load(open(parser.parse_args().spec))
     if os.environ.get("RANK", "0") != "0":  # one writer: rank 0
         return 0
