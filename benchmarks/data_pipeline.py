@@ -11,7 +11,7 @@ from the O(n log n) one.
 
 Usage: python benchmarks/data_pipeline.py [--records 1000000] [--packer-docs 20000] [--max-length 4096]
        python benchmarks/data_pipeline.py --packer-only --packer-sizes 25000,50000,100000,200000
-Last line: `records=... old_peak_rss_mb=... new_peak_rss_mb=... rss_ratio=... old_peak_anon_mb=... new_peak_anon_mb=... anon_ratio=... packer_speedup=...`
+Last line: `records=... old_peak_rss_mb=... new_peak_rss_mb=... rss_ratio=... data_rss_ratio=... old_peak_anon_mb=... new_peak_anon_mb=... anon_ratio=... packer_speedup=...`
 (with --packer-only: `docs=... old_packer_s=... new_packer_s=... packer_speedup=...` for the largest size)
 """
 
@@ -116,6 +116,11 @@ class AnonPeak:
         return self.peak_kb / 1024
 
 
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def rank_main(args: argparse.Namespace) -> None:
     import datasets
 
@@ -134,7 +139,7 @@ def rank_main(args: argparse.Namespace) -> None:
     store = s3.client()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     started = time.perf_counter()
-    report: dict = {"path": args.path, "rank": rt.rank}
+    report: dict = {"path": args.path, "rank": rt.rank, "base_rss_mb": current_rss_mb()}  # imports and tokenizer, before any data
     if args.path == "old":
         local = Path(tempfile.mkdtemp(prefix=f"old-rank{rt.rank}-", dir=args.workdir))  # every rank its own copy
         records = old_read_table(download_dir(store, args.uri, local / "data"))
@@ -149,6 +154,7 @@ def rank_main(args: argparse.Namespace) -> None:
         rows = load_all([ResolvedSource(uri=args.uri)], store, rt, to_row=as_chat)
         with rt.node_first():  # as the midtrain stage does
             docs = chat_documents(rows, tokenizer)
+            del rows
             t = time.perf_counter()
             packed = pack(docs, args.max_length, packing=True)
             report["packer_seconds_all"] = time.perf_counter() - t
@@ -264,10 +270,12 @@ def main() -> int:
         results = {path: run_path(path, args, env, work, tokenizer_dir, uri) for path in ("old", "new") if path in args.paths.split(",")}
     finally:
         store_dir.stop()
-    print(f"\n{'path':<5} {'rank':>4} {'wall s':>8} {'peak RSS MB':>12} {'peak anon MB':>13} {'packer s (' + str(args.packer_docs) + ' docs)':>22}")
+    print(f"\n{'path':<5} {'rank':>4} {'wall s':>8} {'base RSS MB':>12} {'peak RSS MB':>12} {'data MB':>8} {'peak anon MB':>13} {'packer s (' + str(args.packer_docs) + ' docs)':>22}")
     for path, ranks in results.items():
         for r in ranks:
-            print(f"{path:<5} {r['rank']:>4} {r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['peak_anon_mb']:>13.0f} {r['packer_seconds_prefix']:>22.3f}")
+            print(f"{path:<5} {r['rank']:>4} {r['seconds']:>8.1f} {r['base_rss_mb']:>12.0f} {r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] - r['base_rss_mb']:>8.0f} "
+                  f"{r['peak_anon_mb']:>13.0f} {r['packer_seconds_prefix']:>22.3f}")
+    print("(base: RSS after the imports and the tokenizer, the same in both paths; data: peak minus base, what the data path holds)")
     if set(results) != {"old", "new"}:
         return 0  # one path alone: its table above is the result
     new = results["new"][0]
@@ -276,13 +284,15 @@ def main() -> int:
     new_rss = max(r["peak_rss_mb"] for r in results["new"])
     old_anon = max(r["peak_anon_mb"] for r in results["old"])
     new_anon = max(r["peak_anon_mb"] for r in results["new"])
+    old_data = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in results["old"])
+    new_data = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in results["new"])
     old_wall = max(r["seconds"] for r in results["old"])
     new_wall = max(r["seconds"] for r in results["new"])
     speedup = results["old"][0]["packer_seconds_prefix"] / max(new["packer_seconds_prefix"], 1e-9)
     if sizes:
         compare_packers(sizes, args.max_length, work)
     print(f"records={args.records} old_wall_s={old_wall:.1f} new_wall_s={new_wall:.1f} old_peak_rss_mb={old_rss:.0f} new_peak_rss_mb={new_rss:.0f} "
-          f"rss_ratio={new_rss / old_rss:.3f} old_peak_anon_mb={old_anon:.0f} new_peak_anon_mb={new_anon:.0f} anon_ratio={new_anon / old_anon:.3f} "
+          f"rss_ratio={new_rss / old_rss:.3f} old_data_rss_mb={old_data:.0f} new_data_rss_mb={new_data:.0f} data_rss_ratio={new_data / old_data:.3f} old_peak_anon_mb={old_anon:.0f} new_peak_anon_mb={new_anon:.0f} anon_ratio={new_anon / old_anon:.3f} "
           f"packer_speedup={speedup:.1f}")
     return 0
 

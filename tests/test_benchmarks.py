@@ -24,6 +24,7 @@ def test_data_pipeline_benchmark_runs():
     assert int(last["records"]) == 1500
     assert float(last["old_peak_rss_mb"]) > 0 and float(last["new_peak_rss_mb"]) > 0 and float(last["packer_speedup"]) > 0
     assert 0 < float(last["new_peak_anon_mb"]) <= float(last["new_peak_rss_mb"])
+    assert 0 < float(last["new_data_rss_mb"]) < float(last["new_peak_rss_mb"]) and float(last["data_rss_ratio"]) > 0
     assert re.search(r"^new packer on all [\d,]+ documents", out, re.MULTILINE)
 
 

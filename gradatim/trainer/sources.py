@@ -144,7 +144,7 @@ def load_all(sources: list[ResolvedSource], store: Any, rt: Runtime, seed: int =
     for source in sources:
         ds = load_dataset(source, store, rt, seed)
         if to_row is not None:
-            with loading(source):  # a record the stage cannot use: the error names this input
+            with loading(source), rt.node_first():  # an unusable record's error names this input; one rank per node maps
                 ds = ds.map(to_row, remove_columns=ds.column_names, desc=f"reading {source.label}")
         parts.append(ds)
     return datasets.concatenate_datasets(parts) if len(parts) != 1 else parts[0]

@@ -56,7 +56,10 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     rows = load_all(spec.inputs.data, store, rt, spec.seed, to_row=as_chat)
     with rt.node_first():  # local rank 0 tokenises and packs; the node's other ranks load its cached Arrow files
         docs = chat_documents(rows, tokenizer)
+        del rows  # from here on only the packs are read: let go of the earlier tables' memory maps
         packs = pack(docs, params.max_length, params.packing)
+        documents = len(docs)
+        del docs
     real_tokens = pc.sum(pc.list_flatten(packs.data.column("seq_lengths"))).as_py() or 0
     flash = getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3")
     collator = PackedCollator(tokenizer.pad_token_id, block_mask=not flash)
@@ -69,7 +72,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     metrics = {
         "train_loss": final_loss(progress, result),
-        "steps": float(trainer.state.global_step), "documents": float(len(docs)), "sequences": float(len(packs)),
+        "steps": float(trainer.state.global_step), "documents": float(documents), "sequences": float(len(packs)),
         "tokens": float(trainer.state.num_input_tokens_seen or 0),
         "packing_efficiency": real_tokens / (len(packs) * params.max_length) if packs else 0.0,
     }
