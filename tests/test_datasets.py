@@ -150,7 +150,7 @@ def test_eval_reports_pass_at_1_for_each_published_set(cluster, layouts, tmp_pat
         uri = f"s3://{cluster.s3_bucket}/datasets-test/{tmp_path.name}/{name}/"
         upload_dir(store, layouts[name], uri)
         eval_data.append({"uri": uri, "name": name, **{k: v.to_wire() if isinstance(v, Fields) else v for k, v in how.items()}})
-    spec = stage_spec(cluster, "eval", {"samplesPerProblem": 2, "maxNewTokens": 8, "temperature": 1.0, "batchSize": 24},
+    spec = stage_spec(cluster, "eval", {"samplesPerProblem": 2, "maxNewTokens": 8, "temperature": 1.0, "maxBatchTokens": 2048},
                       {"model": {"builtin": "tiny-model"}, "evalData": eval_data})
     result = run_trainer(cluster, spec, tmp_path / "run")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -12,7 +12,7 @@ from kubernetes import client
 
 from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.api.hyperparams import PHI4_REASONING_SYSTEM_MESSAGE
-from gradatim.api.resolved import ResolvedStageSpec
+from gradatim.api.resolved import ENDPOINT_API_KEY_ENV, ResolvedStageSpec
 from gradatim.planner.render import Upstream, render_pytorchjob, render_stage_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_rendered_jobs_pass_kubeflow_schema(kube, example):
 # pipeline's image, /dev/shm and Kueue queue. Phi-4-mini-reasoning: 128 H100 = 16 x 8; Phi-4-reasoning(-plus): 32 = 4 x 8.
 FULL_SCALE = {
     "phi4-mini-reasoning": {
-        "decontaminate": (1, 0), "midtrain": (16, 8), "eval-midtrain": (1, 8), "sft": (16, 8), "eval-sft": (1, 8),
+        "teacher-rollouts": (1, 0), "decontaminate": (1, 0), "midtrain": (16, 8), "eval-midtrain": (1, 8), "sft": (16, 8), "eval-sft": (1, 8),
         "decontaminate-pairs": (1, 0), "dpo": (16, 8), "eval-dpo": (1, 8), "rl-prompts": (4, 8), "grpo": (16, 8),
         "eval-grpo": (1, 8),
     },
@@ -66,6 +66,8 @@ PHI4_EVAL = {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "max_new_tokens": 3
 # Dotted keys reach into nested blocks. Decontamination settings are ours: neither report gives any.
 RECIPES = {
     "phi4-mini-reasoning": {
+        # R1 behind its own OpenAI-compatible server: ~8 rollouts per question, verified, pairs kept for stage 3.
+        "teacher-rollouts": ("endpoint:deepseek-ai/DeepSeek-R1", {"samples_per_prompt": 8, "write_pairs": True, "max_new_tokens": 32768}),
         "decontaminate": (None, {}),
         "midtrain": ("hf:microsoft/Phi-4-mini-instruct",
                      {"max_length": 16384, "batch_size": 128, "learning_rate": 1e-5, "epochs": 5, "warmup_ratio": 0.1, "packing": True}),
@@ -144,6 +146,11 @@ def test_full_scale_job_shape(example, name):
         assert {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH[example]}} in pod["volumes"]
         token = next(e for e in container["env"] if e["name"] == "HF_TOKEN")
         assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": False}}}, "from a Secret"
+        api_key = [e for e in container["env"] if e["name"] == ENDPOINT_API_KEY_ENV]
+        if name == "teacher-rollouts":  # the R1 endpoint's key, from its Secret, never in the spec
+            assert api_key == [{"name": ENDPOINT_API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": "r1-teacher", "key": "api-key"}}}]
+        else:
+            assert api_key == []
 
 
 @pytest.mark.parametrize(("example", "name"), FULL_SCALE_CASES)
@@ -152,7 +159,8 @@ def test_full_scale_hyperparameters_follow_the_reports(example, name):
     pipe, stage, upstream = full_scale_stage(example, name)
     starts_from, expected = RECIPES[example][name]
     model = stage.spec.inputs.model
-    assert (model and (f"hf:{model.hf}" if model.hf else f"stage:{model.from_stage}")) == starts_from
+    origin = model and (f"hf:{model.hf}" if model.hf else f"endpoint:{model.endpoint.model}" if model.endpoint else f"stage:{model.from_stage}")
+    assert origin == starts_from
     resolved = ResolvedStageSpec.model_validate(render_stage_spec(stage, pipe, key="k", attempt=1, upstream=upstream))
     params = resolved.typed_params()
     assert {key: dotted(params, key) for key in expected} == expected

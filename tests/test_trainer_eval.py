@@ -30,7 +30,7 @@ def test_pass_at_1_on_planted_completions():
 
 
 def test_eval_runs_on_two_processes_and_writes_per_problem_results(cluster, tmp_path):
-    params = {"samplesPerProblem": 2, "temperature": 0.8, "maxNewTokens": 24, "batchSize": 16}
+    params = {"samplesPerProblem": 2, "temperature": 0.8, "maxNewTokens": 24, "maxBatchTokens": 2048}
     inputs = {"model": {"builtin": "tiny-model"}, "evalData": [{"builtin": "tiny-math:eval:12", "name": "math"}, {"builtin": "tiny-math:rl:6", "name": "rl"}]}
     spec = stage_spec(cluster, "eval", params, inputs)
     result = run_trainer(cluster, spec, tmp_path, nproc=2)

@@ -36,7 +36,7 @@ def test_rejection_sampling_band_and_pairs_on_planted_rollouts():
 
 
 def test_generate_stage_end_to_end(cluster, tmp_path):
-    spec = stage_spec(cluster, "generate", {"samplesPerPrompt": 3, "temperature": 1.0, "maxNewTokens": 16, "batchSize": 12},
+    spec = stage_spec(cluster, "generate", {"samplesPerPrompt": 3, "temperature": 1.0, "maxNewTokens": 16, "maxBatchTokens": 2048},
                       {"model": {"builtin": "tiny-model"}, "data": [{"builtin": "tiny-math:train:10"}]})
     result = run_trainer(cluster, spec, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -26,8 +26,9 @@ def stage_spec(cluster, type_: str, params: dict[str, Any], inputs: dict[str, An
     )
 
 
-def run_trainer(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1, timeout: float = 600,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def trainer_command(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1,
+                    env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line and environment that run `spec` under `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"stage-{spec.attempt}.json"
     path.write_text(json.dumps(spec.to_wire()))
@@ -37,4 +38,35 @@ def run_trainer(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1,
                 "GRADATIM_WORKDIR": str(workdir / f"work-{spec.attempt}"), **(env or {})}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
             "-m", "gradatim.trainer", "--spec", str(path)]
+    return argv, full_env
+
+
+def run_trainer(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1, timeout: float = 600,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    argv, full_env = trainer_command(cluster, spec, workdir, nproc, env)
     return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+
+
+def start_trainer(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The trainer started in the background; `kill_trainer` ends it as a lost pod ends."""
+    argv, full_env = trainer_command(cluster, spec, workdir, nproc, env)
+    log = open(workdir / f"trainer-{spec.attempt}.log", "w")
+    return subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
+
+
+def kill_trainer(process: subprocess.Popen) -> None:
+    """SIGKILL to torchrun and every rank at once (torchrun starts each rank in a session of its own)."""
+    import psutil
+
+    try:
+        tree = psutil.Process(process.pid)
+        victims = [tree, *tree.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        victims = []
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
+    psutil.wait_procs(victims, timeout=30)

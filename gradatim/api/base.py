@@ -116,6 +116,17 @@ def conditions_field(description: str) -> Any:
     )
 
 
+class KeyRef(Model):
+    """One key of a Secret or ConfigMap in the stage's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Name of the Secret or ConfigMap."""
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key whose value becomes the variable."""
+    optional: bool = False
+    """Start the trainer even if the Secret/ConfigMap or key is missing (the variable is then unset)."""
+
+
 class SecretKeyRef(Model):
     """A reference to S3 credentials kept in a Secret in the pipeline's namespace; they are never copied."""
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from gradatim.api.base import DNS1123_LABEL, MAX_STAGE_NAME, Model, Quantity, Rule, SecretKeyRef, rules
+from gradatim.api.base import DNS1123_LABEL, MAX_STAGE_NAME, KeyRef, Model, Quantity, Rule, SecretKeyRef, rules
 
 StageType = Literal["generate", "decontaminate", "midtrain", "sft", "dpo", "grpo", "eval"]
 STAGE_TYPES: tuple[StageType, ...] = ("generate", "decontaminate", "midtrain", "sft", "dpo", "grpo", "eval")
@@ -67,6 +67,13 @@ class S3Storage(Model):
     """Secret with the S3 credentials, mounted into trainer pods as environment variables."""
 
 
+SOURCE_RULES = (
+    Rule("!has(self.output) || has(self.fromStage)", "output selects an output of fromStage; set fromStage too", ".output", "FieldValueForbidden"),
+    Rule("!has(self.revision) || has(self.hf)", "revision pins a Hugging Face Hub id; set hf too", ".revision", "FieldValueForbidden"),
+    Rule("!has(self.revision) || !self.hf.contains('@')", "give the revision once: in revision or after @ in hf", ".revision", "FieldValueForbidden"),
+)
+
+
 class Source(
     Model,
     json_schema_extra=rules(
@@ -74,9 +81,7 @@ class Source(
             "[has(self.hf), has(self.uri), has(self.fromStage), has(self.builtin)].filter(x, x).size() == 1",
             "set exactly one of hf, uri, fromStage or builtin",
         ),
-        Rule("!has(self.output) || has(self.fromStage)", "output selects an output of fromStage; set fromStage too", ".output", "FieldValueForbidden"),
-        Rule("!has(self.revision) || has(self.hf)", "revision pins a Hugging Face Hub id; set hf too", ".revision", "FieldValueForbidden"),
-        Rule("!has(self.revision) || !self.hf.contains('@')", "give the revision once: in revision or after @ in hf", ".revision", "FieldValueForbidden"),
+        *SOURCE_RULES,
     ),
 ):
     """A model or dataset: exactly one of `hf`, `uri`, `fromStage` or `builtin`."""
@@ -124,6 +129,44 @@ class Fields(
     under the prompt as `A) ...`, and a completion is graded by the letter it answers."""
 
 
+class Endpoint(Model):
+    """A model served behind an OpenAI-compatible API (vLLM, SGLang, TGI, a hosted provider): a teacher too large to
+    load inside the stage, such as DeepSeek-R1."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    """Base URL of the API, ending before `/chat/completions`, e.g. `http://r1.teachers.svc:8000/v1`."""
+    model: str = Field(min_length=1, max_length=256)
+    """The model name the server serves, as its `/v1/models` lists it."""
+    api_key_secret_ref: KeyRef | None = None
+    """Secret key holding the API key, sent as a bearer token; left out: no key."""
+    max_concurrency: int = Field(default=32, ge=1, le=4096)
+    """Requests in flight at once, across all of the stage's processes."""
+    timeout_seconds: int = Field(default=1800, ge=1, le=86400)
+    """Longest wait for one response; a 32K-token reasoning trace takes minutes."""
+    max_retries: int = Field(default=8, ge=0, le=100)
+    """Retries of one request on a timeout, a lost connection, 408, 409, 429 or 5xx, with exponential backoff."""
+    samples_per_request: int = Field(default=0, ge=0, le=1024)
+    """Completions asked for in one request (`n`); 0: all of a prompt's samples at once. Set 1 for servers that
+    ignore `n`; either way missing completions are asked for again."""
+
+
+class ModelSource(
+    Source,
+    json_schema_extra=rules(
+        Rule(
+            "[has(self.hf), has(self.uri), has(self.fromStage), has(self.builtin), has(self.endpoint)].filter(x, x).size() == 1",
+            "set exactly one of hf, uri, fromStage, builtin or endpoint",
+        ),
+        *SOURCE_RULES,
+    ),
+):
+    """A model: exactly one of `hf`, `uri`, `fromStage`, `builtin` or (for `generate`) `endpoint`."""
+
+    endpoint: Endpoint | None = None
+    """A teacher behind an OpenAI-compatible API, for `generate` only: prompts are sent as chat messages and the
+    replies (with a reasoning model's `reasoning_content` put back inside `<think>`) are verified as any rollout."""
+
+
 class Dataset(Source):
     """A dataset input; `name` labels its results (e.g. one eval set)."""
 
@@ -149,7 +192,7 @@ class Inputs(
 ):
     """What a stage reads. Which entries a type requires is checked against `type`."""
 
-    model: Source | None = None
+    model: ModelSource | None = None
     """The model: the policy to train, the teacher for `generate`, the model under test for `eval`."""
     data: list[Dataset] = Field(default_factory=list, max_length=32)
     """Training data, prompts (for `generate` and `grpo`) or preference pairs (for `dpo`), concatenated in order."""

@@ -44,6 +44,34 @@ class Sampling(Model):
     """Upper bound on generated tokens per completion."""
 
 
+EngineName = Literal["auto", "vllm", "hf"]
+HF_ENGINE_SINGLE_GPU = Rule("self.engine != 'hf' || self.tensorParallelSize == 1",
+                            "tensorParallelSize splits a model across GPUs in the vLLM engine; set engine to vllm or auto, or tensorParallelSize to 1",
+                            ".tensorParallelSize")
+
+
+class Engine(Model):
+    """Which engine generates, and how it fits on the GPUs."""
+
+    engine: EngineName = "auto"
+    """`vllm` (paged KV cache, continuous batching), `hf` (transformers' `generate`) or `auto`: vLLM when it is
+    installed and the processes have GPUs, else transformers (on CPU vLLM's start-up outweighs a small run)."""
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    """vLLM: GPUs one engine splits the model across, within a node (a node's GPUs form gpusPerNode /
+    tensorParallelSize engines; nodes add engines: data parallel)."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    """vLLM: share of each GPU's memory the engine takes for weights and its KV cache."""
+
+
+class GenerationBudget(Engine):
+    """Engine settings of the stages that sample offline (`generate`, `eval`)."""
+
+    max_batch_tokens: int = Field(default=65536, ge=256, le=16777216)
+    """Tokens (prompt plus new tokens, over every sequence) generated together: it bounds the KV cache, whatever the
+    prompt count. transformers: sequences are batched up to it; vLLM: its per-step token budget
+    (`max_num_batched_tokens`). About 200 KB of KV cache per token for a 14B model in bf16."""
+
+
 class PassRateBand(Model, json_schema_extra=rules(Rule("self.min <= self.max", "min must not exceed max", ".min"))):
     """Keep only prompts whose pass rate lies in [min, max]: "at the edge of the model's ability"."""
 
@@ -55,8 +83,10 @@ class PassRateBand(Model, json_schema_extra=rules(Rule("self.min <= self.max", "
 
 class GenerateParams(
     Sampling,
+    GenerationBudget,
     json_schema_extra=rules(
         Rule("!self.writePairs || self.samplesPerPrompt >= 2", "writePairs needs samplesPerPrompt >= 2 to find a correct and an incorrect rollout of one prompt", ".samplesPerPrompt"),
+        HF_ENGINE_SINGLE_GPU,
     ),
 ):
     """Teacher rollouts with rejection sampling by a math verifier (`type: generate`)."""
@@ -73,8 +103,9 @@ class GenerateParams(
     """Most preference pairs written per prompt."""
     system_message: str | None = Field(default=None, max_length=16384)
     """System message put before each prompt; left out: the model's chat template decides."""
-    batch_size: int = Field(default=64, ge=1, le=65536)
-    """Prompts generated together per process."""
+    chunk_size: int = Field(default=256, ge=1, le=1048576)
+    """Prompts per chunk: each engine writes its results to S3 a chunk at a time, and a retried stage skips the
+    chunks already written (it redoes at most one chunk per engine)."""
 
 
 class DecontaminateParams(Model):
@@ -274,7 +305,11 @@ class Rewards(Model, json_schema_extra=rules(Rule("self.correctness + self.repet
 
 class GRPOParams(
     TrainingParams,
+    Engine,
     json_schema_extra=rules(
+        HF_ENGINE_SINGLE_GPU,
+        Rule("self.vllmMode != 'server' || has(self.vllmServerUrl)", "vllmMode server needs vllmServerUrl: the `trl vllm-serve` server's URL", ".vllmServerUrl", "FieldValueRequired"),
+        Rule("!has(self.vllmServerUrl) || self.vllmMode == 'server'", "vllmServerUrl is only read in vllmMode server", ".vllmServerUrl", "FieldValueForbidden"),
         BATCH_DIVISIBLE,
         ONE_ACTIVATION_CHECKPOINTING,
         NO_PACKING,
@@ -302,6 +337,13 @@ class GRPOParams(
     top_entropy_quantile: float = Field(default=1.0, ge=0.0, le=1.0)
     """Train only on the tokens whose entropy lies in this top fraction at each position (TRL's
     `top_entropy_quantile`, after "Beyond the 80/20 rule": 0.2 keeps the forking tokens); 1.0: every token."""
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    """vLLM engine: `colocate` runs it inside each training process, sharing the GPU (sleeping while the policy
+    trains); `server` sends rollouts to a `trl vllm-serve` server on GPUs of its own."""
+    vllm_server_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    """vllmMode server: the server's base URL, e.g. `http://grpo-vllm.ml.svc:8000`."""
+    vllm_sleep_mode: bool = True
+    """vllmMode colocate: free the engine's weights and KV cache while the policy trains (vLLM sleep mode)."""
     learning_rate: float = Field(default=5e-8, gt=0.0, le=1.0)
     """Peak learning rate (5e-8 for Phi-4-reasoning-plus)."""
     batch_size: int = Field(default=512, ge=1, le=1048576)
@@ -314,8 +356,10 @@ class GRPOParams(
 
 class EvalParams(
     Sampling,
+    GenerationBudget,
     json_schema_extra=rules(
         Rule("self.samplesPerProblem == 1 || self.temperature > 0.0", "with temperature 0 every sample is the same; set samplesPerProblem to 1 or a temperature above 0", ".temperature"),
+        HF_ENGINE_SINGLE_GPU,
     ),
 ):
     """pass@1 averaged over k samples per problem, per eval set, with a confidence interval (`type: eval`)."""
@@ -326,8 +370,6 @@ class EvalParams(
     """Confidence level of the reported interval."""
     system_message: str | None = Field(default=None, max_length=16384)
     """System message before each problem; left out: the model's chat template decides."""
-    batch_size: int = Field(default=64, ge=1, le=65536)
-    """Problems generated together per process."""
 
 
 PARAMS_BY_TYPE = {

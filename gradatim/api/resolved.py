@@ -8,8 +8,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from gradatim.api.base import API_VERSION, Model
-from gradatim.api.common import Fields, StageType
+from gradatim.api.common import Endpoint, Fields, StageType
 from gradatim.api.hyperparams import PARAMS_BY_TYPE
+
+ENDPOINT_API_KEY_ENV = "GRADATIM_ENDPOINT_API_KEY"  # the endpoint's API key, from its Secret, in the trainer's environment
 
 # Seconds the trainer waits at exit for one last scrape of its metrics (0: no wait). A job runner that knows
 # its Prometheus scrapes often sets it; on a cluster, set it in a stage's `env`.
@@ -28,6 +30,7 @@ class ResolvedSource(Model):
     revision: str | None = None
     uri: str | None = None
     builtin: str | None = None
+    endpoint: Endpoint | None = None
     name: str | None = None
     config: str | None = None
     split: str = "train"
@@ -45,7 +48,7 @@ class ResolvedSource(Model):
         """A short name for metrics and reports."""
         if self.name:
             return self.name
-        ref = self.hf or self.uri or self.builtin or "input"
+        ref = self.hf or self.uri or self.builtin or (self.endpoint.model if self.endpoint else None) or "input"
         return ref.rstrip("/").rsplit("/", 1)[-1].replace(":", "-")
 
 

@@ -3,7 +3,9 @@ failed. The trainer writes it through this type and the planner reads it through
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import Field
 
 from gradatim.api.base import Model
 
@@ -13,7 +15,7 @@ TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_ENV = "GRADATIM_TERMINATION_LOG"  # overrides TERMINATION_LOG: tests and the local job runner
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet keeps no more of a termination message
 
-ErrorKind = Literal["InvalidInput", "MissingInput", "ModelLoad", "Storage", "OutOfMemory", "InvalidParams", "Unexpected"]
+ErrorKind = Literal["InvalidInput", "MissingInput", "ModelLoad", "Storage", "Endpoint", "OutOfMemory", "InvalidParams", "Unexpected"]
 
 
 class TrainerError(Model):
@@ -54,7 +56,45 @@ def memory_knobs(stage_type: str) -> str:
     if stage_type == "grpo":
         return "lower grpo.microBatchSize or grpo.maxCompletionLength, or set grpo.sharding: fsdp"
     if stage_type in ("generate", "eval"):
-        return f"lower {stage_type}.batchSize or {stage_type}.maxNewTokens"
+        return f"lower {stage_type}.maxBatchTokens (or gpuMemoryUtilization with the vLLM engine)"
     if stage_type == "decontaminate":
         return "split inputs.data into smaller datasets"
     return f"lower {stage_type}.microBatchSize or {stage_type}.maxLength, or set {stage_type}.sharding: fsdp"
+
+
+CHUNKS_DIR = "chunks/"  # under OutputLocation.uri: one GenerateChunk record per finished chunk of a generate stage
+
+
+class GenerateChunk(Model):
+    """One finished chunk of a generate stage's prompts. Written after the chunk's part files, so its presence is
+    what marks the chunk done: a retried stage skips it, and the last step builds each output's manifest from
+    these records."""
+
+    chunk: int
+    """Which chunk: prompts [chunk × chunkSize, (chunk + 1) × chunkSize) of the stage's data, in order."""
+    prompts: int
+    samples: int
+    correct: int
+    """Samples math-verify judged correct."""
+    pass_rate_sum: float
+    """Sum over the chunk's prompts of their pass rate (for the stage's mean)."""
+    kept_traces: int
+    kept_prompts: int
+    pairs: int
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+    """Engine batches, or endpoint requests."""
+    retries: int = 0
+    """Endpoint requests sent again (timeouts, lost connections, 429, 5xx)."""
+    seconds: float
+    engine: str
+    """The engine that generated it: hf, vllm or endpoint."""
+    attempt: int
+    files: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each part file the chunk wrote, by its path under the stage's output (`traces/part-000003.jsonl`), with its
+    size and sha256 for the output's manifest."""
+
+    @staticmethod
+    def name(chunk: int) -> str:
+        return f"{CHUNKS_DIR}chunk-{chunk:06d}.json"

@@ -13,6 +13,7 @@ from gradatim.api.base import (
     MAX_PIPELINE_NAME,
     MAX_STAGE_NAME,
     Condition,
+    KeyRef,
     Model,
     Rule,
     conditions_field,
@@ -43,17 +44,6 @@ GATE_METRICS: dict[StageType, tuple[str, ...]] = {
     "eval": ("pass@1", "pass@1/<eval set name>", "completion_length_mean"),
 }
 RATIO_METRICS = ("acceptance_rate", "pass_rate_mean", "removed_fraction", "reward_accuracy", "correctness_mean")
-
-
-class KeyRef(Model):
-    """One key of a Secret or ConfigMap in the stage's namespace."""
-
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    """Name of the Secret or ConfigMap."""
-    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
-    """The key whose value becomes the variable."""
-    optional: bool = False
-    """Start the trainer even if the Secret/ConfigMap or key is missing (the variable is then unset)."""
 
 
 class EnvVarSource(Model, json_schema_extra=rules(Rule("[has(self.secretKeyRef), has(self.configMapKeyRef)].filter(x, x).size() == 1", "set exactly one of secretKeyRef or configMapKeyRef"))):
@@ -149,6 +139,9 @@ def _input_rules() -> list[Rule]:
              "eval scores inputs.evalData; move the eval sets there", ".inputs.data", "FieldValueForbidden"),
         Rule("!(self.type in ['eval', 'decontaminate']) || self.inputs.evalData.size() > 0",
              "inputs.evalData is required for eval and decontaminate", ".inputs.evalData", "FieldValueRequired"),
+        Rule("!has(self.inputs.model) || !has(self.inputs.model.endpoint) || self.type == 'generate'",
+             "an endpoint model can only generate (a teacher); to train or eval a model, give its weights with hf, uri or fromStage",
+             ".inputs.model.endpoint", "FieldValueForbidden"),
         Rule("self.type in " + json.dumps(list(TRAINING_TYPES)) + " || !has(self.checkpointInterval)",
              "checkpointInterval is only used by training types (midtrain, sft, dpo, grpo)", ".checkpointInterval", "FieldValueForbidden"),
     ]

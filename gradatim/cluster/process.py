@@ -46,7 +46,8 @@ def is_running(pid: int, executable: str) -> bool:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     except OSError:
         return False
-    return argv0 == executable
+    # Empty while an exec is still setting up the new image (Popen has returned by then): alive, not reused.
+    return argv0 in (executable, "")
 
 
 def processes_in_group(group: int) -> list[int]:

@@ -234,8 +234,12 @@ def stage_problems(stage: TrainingStage) -> list[str]:
     sources += [(f"spec.inputs.data[{i}]", s) for i, s in enumerate(inputs.data)]
     sources += [(f"spec.inputs.evalData[{i}]", s) for i, s in enumerate(inputs.eval_data)]
     for where, source in sources:
-        if sum(x is not None for x in (source.hf, source.uri, source.from_stage, source.builtin)) != 1:
-            out.append(f"{where}: set exactly one of hf, uri, fromStage or builtin")
+        endpoint = getattr(source, "endpoint", None)
+        if sum(x is not None for x in (source.hf, source.uri, source.from_stage, source.builtin, endpoint)) != 1:
+            choices = "hf, uri, fromStage, builtin or endpoint" if where == "spec.inputs.model" else "hf, uri, fromStage or builtin"
+            out.append(f"{where}: set exactly one of {choices}")
+        if endpoint is not None and spec.type != "generate":
+            out.append(f"{where}.endpoint: an endpoint model can only generate (a teacher); to train or eval a model, give its weights with hf, uri or fromStage")
         if source.output is not None and source.from_stage is None:
             out.append(f"{where}.output: output selects an output of fromStage; set fromStage too")
         if source.from_stage is not None and source.from_stage not in spec.depends_on:

@@ -10,7 +10,7 @@ from typing import Any
 from gradatim.api.base import API_VERSION
 from gradatim.api.common import Resources, Source
 from gradatim.api.pipeline import TrainingPipeline
-from gradatim.api.resolved import OutputLocation, ProducedBy, ResolvedInputs, ResolvedSource, ResolvedStageSpec, StorageLocation
+from gradatim.api.resolved import ENDPOINT_API_KEY_ENV, OutputLocation, ProducedBy, ResolvedInputs, ResolvedSource, ResolvedStageSpec, StorageLocation
 from gradatim.api.runfiles import TERMINATION_LOG
 from gradatim.api.stage import TrainingStage
 
@@ -33,7 +33,7 @@ METRICS_PORT = 9090
 # The main output of each type, for `fromStage` inputs that name no `output`.
 MAIN_OUTPUT = {"generate": "traces", "decontaminate": "data", "midtrain": "model", "sft": "model", "dpo": "model", "grpo": "model", "eval": "results"}
 # Every output each type writes (gradatim/trainer/stages/*.py): `model` is a model, the rest are datasets.
-OUTPUTS = {"generate": ("traces", "pairs", "prompts", "stats"), "decontaminate": ("data", "removed"), "midtrain": ("model",), "sft": ("model",),
+OUTPUTS = {"generate": ("traces", "pairs", "prompts", "stats", "rollouts"), "decontaminate": ("data", "removed"), "midtrain": ("model",), "sft": ("model",),
            "dpo": ("model",), "grpo": ("model",), "eval": ("results",)}
 MODEL_OUTPUT = "model"
 
@@ -121,7 +121,8 @@ def resolve_source(source: Source, upstream: Mapping[str, Upstream]) -> Resolved
     """A source with `fromStage` replaced by the URI of that stage's output."""
     shape = {k: getattr(source, k) for k in ("name", "config", "split", "fields") if getattr(source, k, None) is not None}  # datasets only
     if source.from_stage is None:
-        return ResolvedSource(hf=source.hf, revision=source.revision, uri=source.uri, builtin=source.builtin, **shape)
+        return ResolvedSource(hf=source.hf, revision=source.revision, uri=source.uri, builtin=source.builtin,
+                              endpoint=getattr(source, "endpoint", None), **shape)
     up = upstream[source.from_stage]
     output = source.output or MAIN_OUTPUT[up.type]
     return ResolvedSource(uri=up.uri(source.output), produced_by=ProducedBy(stage=source.from_stage, output=output), **shape)
@@ -213,6 +214,10 @@ def _env(stage: TrainingStage, pipeline: TrainingPipeline, attempt: int) -> list
         env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
     else:  # an endpoint kept in the Secret (e.g. an in-cluster store) is used when present
         env.append({"name": "AWS_ENDPOINT_URL", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": "AWS_ENDPOINT_URL", "optional": True}}})
+    endpoint = stage.spec.inputs.model.endpoint if stage.spec.inputs.model is not None else None
+    if endpoint is not None and endpoint.api_key_secret_ref is not None:
+        ref = endpoint.api_key_secret_ref
+        env.append({"name": ENDPOINT_API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, **({"optional": True} if ref.optional else {})}}})
     overrides = {e.name: e.to_container() for e in [*pipeline.spec.env, *stage.spec.env]}  # the stage's win
     env = [e for e in env if e["name"] not in overrides]
     env.extend(overrides.values())

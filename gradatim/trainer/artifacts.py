@@ -45,12 +45,26 @@ def manifest_of(local_dir: Path) -> dict[str, Any]:
 
 def upload_dir(store: Any, local_dir: Path, uri: str, transfer: TransferConfig = TRANSFER) -> dict[str, Any]:
     """Uploads `local_dir` under `uri` (a prefix ending in `/`), manifest last. Returns the manifest."""
+    manifest = upload_files(store, local_dir, uri, transfer)
+    write_manifest(store, uri, manifest["files"])
+    return manifest
+
+
+def upload_files(store: Any, local_dir: Path, uri: str, transfer: TransferConfig = TRANSFER) -> dict[str, Any]:
+    """Uploads `local_dir`'s files under `uri` without a manifest: one part of an artifact that is written piece
+    by piece (a generate stage's chunks); `write_manifest` completes it. Returns the part's manifest."""
     base = S3Location.parse(uri if uri.endswith("/") else uri + "/")
     manifest = manifest_of(local_dir)
     for rel in manifest["files"]:
         store.upload_file(str(Path(local_dir) / rel), base.bucket, base.key + rel, Config=transfer)
-    store.put_object(Bucket=base.bucket, Key=base.key + MANIFEST, Body=json.dumps(manifest, indent=1, sort_keys=True).encode(), ContentType="application/json")
     return manifest
+
+
+def write_manifest(store: Any, uri: str, files: dict[str, Any]) -> None:
+    """Marks the files under `uri` (uploaded before) as one complete artifact."""
+    base = S3Location.parse(uri if uri.endswith("/") else uri + "/")
+    store.put_object(Bucket=base.bucket, Key=base.key + MANIFEST, Body=json.dumps({"files": files}, indent=1, sort_keys=True).encode(),
+                     ContentType="application/json")
 
 
 def read_manifest(store: Any, uri: str) -> dict[str, Any] | None:

@@ -80,6 +80,8 @@ def classify(err: BaseException, spec: ResolvedStageSpec, rank: int = 0, device:
         field = m.group(1) if (m := re.match(r"(inputs\.[A-Za-z]+(\[\d+\])?)", str(err))) else "inputs"
         text = str(err) if str(err).startswith(field) else f"{field}: {err}"
         return record("InvalidInput", field, one_line(text))
+    if (endpoint := _endpoint_failure(cause, spec, record)) is not None:
+        return endpoint
     if isinstance(err, EndpointConnectionError):
         return record("Storage", "spec.storage.endpoint", f"spec.storage.endpoint: cannot reach S3 at {spec.storage.endpoint or 'AWS'}: {one_line(err)}; "
                       "check the endpoint and the network")
@@ -92,6 +94,34 @@ def classify(err: BaseException, spec: ResolvedStageSpec, rank: int = 0, device:
                           "give the pipeline's Secret read and write access")
         return record("Storage", "spec.storage", f"spec.storage: S3 failed under {spec.output.uri}: {one_line(err)}; see the pod log")
     return record("Unexpected", None, f"{type(err).__name__}: {one_line(err)}; see the pod log")
+
+
+def _endpoint_failure(err: BaseException, spec: ResolvedStageSpec, record: Any) -> TrainerError | None:
+    """An OpenAI-compatible teacher's failure, after the client's own retries: unreachable or overloaded is
+    transient (a retry resumes from the chunks written), a refused key, an unknown model or a refused request is not."""
+    try:
+        import openai
+    except ImportError:
+        return None
+    if not isinstance(err, openai.OpenAIError) or spec.inputs.model is None or spec.inputs.model.endpoint is None:
+        return None
+    endpoint = spec.inputs.model.endpoint
+    where = f"inputs.model.endpoint ({endpoint.url}, model {endpoint.model})"
+    kept = "the chunks written so far are kept and the stage's retry resumes from them"
+    if isinstance(err, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)) or (
+            isinstance(err, openai.APIStatusError) and err.status_code >= 500):
+        return record("Endpoint", "inputs.model.endpoint", f"{where}: no answer after {endpoint.max_retries} retries ({one_line(err, 160)}); {kept}; "
+                      "check the server, or raise endpoint.maxRetries or endpoint.timeoutSeconds")
+    if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        return record("InvalidInput", "inputs.model.endpoint.apiKeySecretRef", f"{where}: the server refused the API key ({err.status_code}); "
+                      "check the Secret that inputs.model.endpoint.apiKeySecretRef names")
+    if isinstance(err, openai.NotFoundError):
+        return record("InvalidInput", "inputs.model.endpoint.model", f"{where}: the server has no such model or path (404); "
+                      "check endpoint.url (it ends before /chat/completions, e.g. .../v1) and endpoint.model against the server's /v1/models")
+    if isinstance(err, openai.APIStatusError):
+        return record("InvalidInput", "inputs.model.endpoint", f"{where}: the server refused the request ({err.status_code}: {one_line(err, 200)}); "
+                      "check the generate settings it does not accept")
+    return record("Endpoint", "inputs.model.endpoint", f"{where}: {type(err).__name__}: {one_line(err)}; {kept}")
 
 
 def _input_failure(source: ResolvedSource, cause: BaseException, spec: ResolvedStageSpec, record: Any) -> TrainerError:

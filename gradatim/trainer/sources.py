@@ -244,6 +244,27 @@ def _load_model(source: ResolvedSource, store: Any, rt: Runtime, seed: int, dtyp
     return model, tokenizer
 
 
+def model_dir(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0, on_teacher_step: Any = None) -> Path:
+    """A local directory holding the model's weights and tokenizer, for engines that load from a path (vLLM):
+    downloaded once per node into its scratch; a builtin model is built and saved there."""
+    with loading(source):
+        if source.builtin:
+            target = rt.workdir / "models" / f"{source.builtin}-{seed}"
+            with rt.node_first():
+                if not (target / "config.json").exists():
+                    model, tokenizer = _load_model(source, store, rt, seed, "auto", on_teacher_step, None)
+                    model.save_pretrained(target)
+                    tokenizer.save_pretrained(target)
+            return target
+        if source.hf:
+            from huggingface_hub import snapshot_download
+
+            repo, revision = source.hub
+            with rt.node_first():
+                return Path(snapshot_download(repo, revision=revision, cache_dir=str(rt.workdir / "hub")))
+        return local_copy(source, store, rt)
+
+
 def write_jsonl(records: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))

@@ -11,11 +11,11 @@ import torch.distributed as dist
 
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer.artifacts import upload_dir
-from gradatim.trainer.generation import chat_prompt, sample
+from gradatim.trainer.generation import messages, open_engine
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.rewards import grade
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import load_model, load_records, write_jsonl
+from gradatim.trainer.sources import load_records, write_jsonl
 
 
 def summarize(correct: Sequence[Sequence[bool]], level: float) -> dict[str, float]:
@@ -42,8 +42,7 @@ def gather(rows: list[dict[str, Any]], rt: Runtime) -> list[dict[str, Any]]:
 
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
-    model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed)
-    model.to(rt.device)
+    engine, place = open_engine(params, spec.inputs.model, store, rt, spec.seed)
     sets = [(source.label, load_records(source, store, rt, spec.seed)) for source in spec.inputs.eval_data]
     total = sum(len(records) for _, records in sets)
     done = 0
@@ -52,23 +51,23 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     lengths: list[int] = []
     out_dir = rt.workdir / "results"
     for name, records in sets:
-        mine = list(range(rt.rank, len(records), rt.world_size))
-        prompts = [chat_prompt(tokenizer, records[i]["prompt"], params.system_message) for i in mine]
+        mine = list(range(place.replica, len(records), place.replicas))
+        prompts = [messages(records[i]["prompt"], params.system_message) for i in mine]
 
         def advance(n: int) -> None:
             nonlocal done
-            done += n * rt.world_size
-            reporter.progress(min(done, total), total, samples=n * params.samples_per_problem * rt.world_size)
+            done += n * place.replicas
+            reporter.progress(min(done, total), total, tokens=engine.usage.completion_tokens, samples=n * params.samples_per_problem * place.replicas)
 
-        groups = sample(model, tokenizer, prompts, params.samples_per_problem, params, params.batch_size, spec.seed + rt.rank, advance)
+        groups = engine.sample(prompts, params.samples_per_problem, params, spec.seed * 100_003 + place.replica, advance)
         rows = []
         for i, group in zip(mine, groups):
             gold = str(records[i]["answer"])
             verdicts = [grade(records[i], c.text) for c in group]
             rows.append({"index": i, "id": records[i].get("id", str(i)), "prompt": records[i]["prompt"], "answer": gold,
                          "completions": [c.text for c in group], "correct": verdicts, "pass_rate": sum(verdicts) / len(verdicts),
-                         "lengths": [len(c.token_ids) for c in group]})
-        rows = gather(rows, rt)
+                         "lengths": [c.tokens for c in group]})
+        rows = gather(rows if place.writes else [], rt)
         if rt.is_rank0:
             summary = summarize([r["correct"] for r in rows], params.confidence_level)
             metrics[f"pass@1/{name}"] = summary["pass@1"]
@@ -84,7 +83,10 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         metrics.update({"pass@1": overall["pass@1"], "pass@1_ci_low": overall["ci_low"], "pass@1_ci_high": overall["ci_high"],
                         "completion_length_mean": statistics.fmean(lengths) if lengths else 0.0,
                         "samples_per_problem": float(params.samples_per_problem)})
+    usage = gather([{"index": rt.rank, **engine.usage.__dict__}] if place.writes else [], rt)  # every rank takes part
+    if rt.is_rank0:
+        metrics.update({f"{k}": float(sum(u[k] for u in usage)) for k in ("prompt_tokens", "completion_tokens")})
         outputs["results"] = spec.output.uri + "results/"
         upload_dir(store, out_dir, outputs["results"])
     rt.barrier()
-    return reporter.results(metrics, outputs)
+    return reporter.results(metrics, outputs, engine=engine.name)

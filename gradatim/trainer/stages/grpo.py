@@ -11,6 +11,7 @@ from gradatim.api.hyperparams import GRPOParams
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer import rewards
 from gradatim.trainer.checkpoints import CheckpointSync, resume_point
+from gradatim.trainer.generation import pick_engine, vllm_available
 from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
@@ -50,11 +51,28 @@ def to_prompt(record: dict[str, Any], system_message: str | None) -> dict[str, A
     return {"prompt": messages, "answer": str(record["answer"])}
 
 
+def rollout_engine(params: GRPOParams, rt: Runtime) -> dict[str, Any]:
+    """TRL's settings for the rollouts: vLLM (colocated in each training process, asleep while the policy trains, or
+    a `trl vllm-serve` server), with the policy's current weights loaded into it before every generation; or
+    transformers' `generate` on the (possibly FSDP-sharded) policy itself."""
+    if pick_engine(params.engine, rt.device) != "vllm":
+        return {"use_vllm": False}
+    if not vllm_available():
+        raise SourceError("grpo.engine is vllm, but vLLM does not load in this trainer image; use engine: auto or hf, or an image with vLLM")
+    settings: dict[str, Any] = {"use_vllm": True, "vllm_mode": params.vllm_mode, "vllm_gpu_memory_utilization": params.gpu_memory_utilization,
+                                "vllm_tensor_parallel_size": params.tensor_parallel_size}
+    if params.vllm_mode == "server":
+        settings["vllm_server_base_url"] = params.vllm_server_url
+    else:
+        settings["vllm_enable_sleep_mode"] = params.vllm_sleep_mode and rt.device.type == "cuda"  # sleep mode frees GPU memory only
+    return settings
+
+
 def arguments(params: GRPOParams, spec: ResolvedStageSpec, rt: Runtime, output_dir: Any, model: Any = None) -> GRPOConfig:
     """TRL's GRPOConfig from the stage's params."""
     cfg = params.rewards
     return training_arguments(
-        params, spec, rt, output_dir, GRPOConfig, model,
+        params, spec, rt, output_dir, GRPOConfig, model, **rollout_engine(params, rt),
         num_generations=params.num_generations, beta=params.beta, epsilon=params.epsilon, epsilon_high=params.epsilon_high,
         max_completion_length=params.max_completion_length, temperature=params.temperature,
         entropy_coef=params.entropy_coef, top_entropy_quantile=params.top_entropy_quantile,
@@ -85,4 +103,4 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         "completion_length_mean": float(last.get("completions/mean_length", 0.0)),
         "steps": float(trainer.state.global_step), "prompts": float(len(rows)),
     }
-    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank, rewardHistory=[{k: v for k, v in h.items() if k.startswith(("reward", "completions", "step"))} for h in history])
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank, engine="vllm" if args.use_vllm else "hf", rewardHistory=[{k: v for k, v in h.items() if k.startswith(("reward", "completions", "step"))} for h in history])
