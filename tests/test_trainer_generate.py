@@ -42,8 +42,9 @@ def test_generate_stage_end_to_end(cluster, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     store = cluster.s3_client()
     results = s3.read_json(store, spec.output.uri + "results.json")
-    assert set(results["outputs"]) == {"traces", "pairs", "prompts", "stats"}
-    stats = [json.loads(line) for line in (download_dir(store, results["outputs"]["stats"], tmp_path / "stats") / "part-00000.jsonl").read_text().splitlines()]
+    assert set(results["outputs"]) == {"traces", "pairs", "prompts", "stats", "rollouts"}
+    folder = download_dir(store, results["outputs"]["stats"], tmp_path / "stats")
+    stats = [json.loads(line) for part in sorted(folder.glob("part-*.jsonl")) for line in part.read_text().splitlines()]
     assert len(stats) == 10 and all(s["samples"] == 3 for s in stats)
     assert results["metrics"]["samples"] == 30 and results["metrics"]["kept_prompts"] == 10
     assert abs(results["metrics"]["pass_rate_mean"] - sum(s["pass_rate"] for s in stats) / 10) < 1e-9

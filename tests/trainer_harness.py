@@ -26,9 +26,9 @@ def stage_spec(cluster, type_: str, params: dict[str, Any], inputs: dict[str, An
     )
 
 
-def trainer_command(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1,
-                    env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """The torchrun command line and environment that run `spec` under `workdir`."""
+def trainer_command(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1, env: dict[str, str] | None = None,
+                    python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line and environment that run `spec` under `workdir` (with `python`: another venv's)."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"stage-{spec.attempt}.json"
     path.write_text(json.dumps(spec.to_wire()))
@@ -36,14 +36,14 @@ def trainer_command(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int 
 
     full_env = {**os.environ, **cluster.env, "PYTHONPATH": str(REPO), "GRADATIM_METRICS_PORT": str(free_port()),
                 "GRADATIM_WORKDIR": str(workdir / f"work-{spec.attempt}"), **(env or {})}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+    argv = [python, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
             "-m", "gradatim.trainer", "--spec", str(path)]
     return argv, full_env
 
 
 def run_trainer(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int = 1, timeout: float = 600,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    argv, full_env = trainer_command(cluster, spec, workdir, nproc, env)
+                env: dict[str, str] | None = None, python: str = sys.executable) -> subprocess.CompletedProcess:
+    argv, full_env = trainer_command(cluster, spec, workdir, nproc, env, python)
     return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
 
 

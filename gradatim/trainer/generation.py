@@ -142,16 +142,37 @@ def vllm_available() -> bool:
     return True
 
 
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """KV cache one token takes: keys and values of every layer's KV heads."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def cpu_settings(model_dir: Path, max_batch_tokens: int) -> dict[str, Any]:
+    """vLLM on CPUs. Its memory check takes `gpu_memory_utilization` as a share of the host's RAM and refuses to start
+    on a shared machine, so the KV cache is sized from the token budget instead. In-process and eager: a
+    multiprocess, compiled engine decodes faster but starts a minute or two later, more than a small run takes.
+    float32, as the tiny models are saved: the log-probs then match transformers' to about 1e-6."""
+    from transformers import AutoConfig
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    config = AutoConfig.from_pretrained(model_dir)
+    return {"enforce_eager": True, "dtype": "float32", "kv_cache_memory_bytes": max_batch_tokens * kv_bytes_per_token(config, 4)}
+
+
 class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model_dir: Path, tokenizer: Any, *, tensor_parallel_size: int, gpu_memory_utilization: float,
                  max_batch_tokens: int, seed: int, distributed: bool) -> None:
-        from vllm import LLM
-
         extra: dict[str, Any] = {}
         if distributed:  # inside torchrun: consecutive ranks are one engine's tensor-parallel group
             extra["distributed_executor_backend"] = "external_launcher"
+        if not torch.cuda.is_available():  # vLLM's CPU build, as in the tests: see cpu_settings
+            extra |= cpu_settings(model_dir, max_batch_tokens)
+        from vllm import LLM
+
         self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_batch_tokens, seed=seed,
                        enable_prefix_caching=True, **extra)

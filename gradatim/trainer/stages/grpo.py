@@ -3,6 +3,7 @@ logs every part (correctness scaled by length, repetition, format) and weighs th
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from trl import GRPOConfig, GRPOTrainer
@@ -15,7 +16,7 @@ from gradatim.trainer.generation import pick_engine, vllm_available
 from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
-from gradatim.trainer.sources import SourceError, load_all, load_model
+from gradatim.trainer.sources import SourceError, load_all, load_model, model_dir
 
 
 def reward_functions(params: GRPOParams, tokenizer: Any) -> list[Any]:
@@ -60,7 +61,13 @@ def rollout_engine(params: GRPOParams, rt: Runtime) -> dict[str, Any]:
     if not vllm_available():
         raise SourceError("grpo.engine is vllm, but vLLM does not load in this trainer image; use engine: auto or hf, or an image with vLLM")
     settings: dict[str, Any] = {"use_vllm": True, "vllm_mode": params.vllm_mode, "vllm_gpu_memory_utilization": params.gpu_memory_utilization,
-                                "vllm_tensor_parallel_size": params.tensor_parallel_size}
+                                "vllm_tensor_parallel_size": params.tensor_parallel_size, "vllm_max_model_length": params.max_length}
+    if rt.device.type != "cuda":
+        # vLLM's CPU build (the tests): TRL's engine in this process, where its weight sync reaches the model; TRL
+        # passes no KV cache size, and vLLM would otherwise claim 90% of the host's RAM. TRL's engine runs in
+        # bfloat16, where its per-parameter weight sync works (float32 linear layers are repacked on CPUs).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if params.vllm_mode == "server":
         settings["vllm_server_base_url"] = params.vllm_server_url
     else:
@@ -88,6 +95,8 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         raise SourceError("inputs.data holds no prompts")
     output_dir = rt.workdir / "grpo"
     args = arguments(params, spec, rt, output_dir, model)
+    if args.use_vllm:  # TRL's engine loads the model from model.name_or_path: make it a local directory
+        model.name_or_path = model.config._name_or_path = str(model_dir(spec.inputs.model, store, rt, spec.seed))
     progress, sharding = ReportingCallback(reporter), ShardingReport(rt)
     trainer = sharded(GRPOTrainer)(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
                                    train_dataset=rows, processing_class=tokenizer,
@@ -103,4 +112,8 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         "completion_length_mean": float(last.get("completions/mean_length", 0.0)),
         "steps": float(trainer.state.global_step), "prompts": float(len(rows)),
     }
-    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank, engine="vllm" if args.use_vllm else "hf", rewardHistory=[{k: v for k, v in h.items() if k.startswith(("reward", "completions", "step"))} for h in history])
+    gaps = [h["sampling/sampling_logp_difference/mean"] for h in history if "sampling/sampling_logp_difference/mean" in h]
+    if gaps:  # vLLM's log-probs of its own samples against the policy's: the rollouts came from the current weights
+        metrics["rollout_logp_gap_mean"] = float(sum(gaps) / len(gaps))
+        metrics["rollout_logp_gap_max"] = float(max(h.get("sampling/sampling_logp_difference/max", 0.0) for h in history))
+    return reporter.results(metrics, {"model": model_uri}, sharding=sharding.per_rank, engine="vllm" if args.use_vllm else "hf", rewardHistory=[{k: v for k, v in h.items() if k.startswith(("reward", "completions", "step", "sampling"))} for h in history])
