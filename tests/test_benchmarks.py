@@ -11,8 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600,
+def run(script: str, *args: str, python: str = sys.executable) -> str:
+    result = subprocess.run([python, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
@@ -32,3 +32,12 @@ def test_trainer_throughput_benchmark_runs():
     out = run("trainer_throughput.py", "--hidden", "32", "--layers", "1", "--docs", "48", "--max-length", "128", "--micro-batch", "8",
               "--precision", "fp32")
     assert re.search(r"midtrain packed / padded: x[\d.]+", out) and re.search(r"sft gradatim / plain TRL SFTTrainer: x[\d.]+", out)
+
+
+def test_generation_engines_benchmark_runs_both_engines():
+    from tests.test_vllm import VLLM_PYTHON
+
+    assert VLLM_PYTHON.exists(), "run make venv-vllm (make test does)"
+    out = run("generation_engines.py", "--prompts", "4", "--samples", "2", "--max-new-tokens", "8", python=str(VLLM_PYTHON))
+    last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert float(last["engine_hf_tokens_per_s"]) > 0 and float(last["engine_vllm_tokens_per_s"]) > 0 and float(last["vllm_over_hf"]) > 0

@@ -57,6 +57,13 @@ class Usage:
     requests: int = 0
     retries: int = 0  # endpoint requests sent again after a timeout, a lost connection, 408, 409, 429 or 5xx
 
+    reported: int = 0  # completion tokens already passed on to the progress counters
+
+    def unreported_tokens(self) -> int:
+        """Completion tokens generated since the last call: the increment the progress counters take."""
+        new, self.reported = self.completion_tokens - self.reported, self.completion_tokens
+        return new
+
     def as_metrics(self) -> dict[str, float]:
         return {"prompt_tokens": float(self.prompt_tokens), "completion_tokens": float(self.completion_tokens),
                 "requests": float(self.requests), "retries": float(self.retries)}

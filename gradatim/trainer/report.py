@@ -38,6 +38,7 @@ GAUGES = {
     "completion_tokens_mean": "GRPO: mean completion length of the last step, in tokens.",
     "dpo_reward_margin": "DPO: mean chosen minus rejected implicit reward.",
     "dpo_reward_accuracy": "DPO: fraction of pairs whose chosen reward beats the rejected one.",
+    "endpoint_retries": "Generate from an endpoint: requests sent again so far (timeouts, lost connections, 429, 5xx).",
 }
 
 

@@ -57,7 +57,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
         def advance(n: int) -> None:
             nonlocal done
             done += n * place.replicas
-            reporter.progress(min(done, total), total, tokens=engine.usage.completion_tokens, samples=n * params.samples_per_problem * place.replicas)
+            reporter.progress(min(done, total), total, tokens=engine.usage.unreported_tokens() * place.replicas, samples=n * params.samples_per_problem * place.replicas)
 
         groups = engine.sample(prompts, params.samples_per_problem, params, spec.seed * 100_003 + place.replica, advance)
         rows = []

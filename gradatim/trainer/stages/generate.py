@@ -120,7 +120,8 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     def advance(n: int) -> None:  # this engine's share, scaled to the stage's: the engines go at about one pace
         nonlocal progressed
         progressed += n * place.replicas
-        reporter.progress(min(progressed, total), total, tokens=engine.usage.completion_tokens, samples=n * params.samples_per_prompt * place.replicas)
+        reporter.progress(min(progressed, total), total, tokens=engine.usage.unreported_tokens() * place.replicas, samples=n * params.samples_per_prompt * place.replicas,
+                          **({"endpoint_retries": float(engine.usage.retries)} if engine.name == "endpoint" else {}))
 
     for number in mine:
         rows = records.select(range(number * size, min(total, (number + 1) * size))).to_list()
