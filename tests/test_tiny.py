@@ -73,24 +73,25 @@ def test_tiny_teacher_is_a_trained_model_that_beats_the_untrained_one_and_is_cac
     import time
 
     from gradatim.api.hyperparams import Sampling
-    from gradatim.trainer.generation import chat_prompt, sample
+    from gradatim.trainer.generation import HFEngine, messages
     from gradatim.trainer.rewards import is_correct
 
     started = time.monotonic()
     teacher, tokenizer = tiny.cached_teacher(tmp_path, seed=0)
     trained_in = time.monotonic() - started
     problems = tiny.tiny_math("eval", 40)
-    prompts = [chat_prompt(tokenizer, p.prompt, None) for p in problems]
+    prompts = [messages(p.prompt, None) for p in problems]
+    greedy = Sampling(temperature=0.0, max_new_tokens=96)
 
     def pass_at_1(model) -> float:
-        groups = sample(model, tokenizer, prompts, 1, Sampling(temperature=0.0, max_new_tokens=96), 40, seed=0)
+        groups = HFEngine(model, tokenizer, 1 << 16, model.device).sample(prompts, 1, greedy, seed=0)
         return sum(is_correct(p.answer, g[0].text) for p, g in zip(problems, groups)) / len(problems)
 
     untrained = tiny.build_model(tokenizer, seed=0, **tiny.TEACHER_SHAPE)
     assert pass_at_1(untrained) == 0.0
     # ~0.85 on seeds 0 and 1; the quickstart's student only learns what the teacher gets right.
     assert pass_at_1(teacher) >= 0.5, "the teacher learned the digit-by-digit arithmetic of the worked solutions"
-    groups = sample(teacher, tokenizer, prompts[:8], 1, Sampling(temperature=0.0, max_new_tokens=96), 8, seed=0)
+    groups = HFEngine(teacher, tokenizer, 1 << 16, teacher.device).sample(prompts[:8], 1, greedy, seed=0)
     assert sum(tiny.THINK in g[0].text and "\\boxed{" in g[0].text and g[0].finished for g in groups) >= 6, "it writes the trace format and stops"
     started = time.monotonic()
     tiny.cached_teacher(tmp_path, seed=0)
