@@ -245,3 +245,29 @@ def test_pipeline_status_aggregates_its_stages():
     assert status.phase == "Running" and status.progress == "1/3" and status.current_stage == "b"
     assert [s.name for s in status.stages] == ["a", "b", "c"]
     assert {c.type: c.status for c in status.conditions}["Reconciling"] == "True"
+
+
+def test_a_pipeline_of_a_thousand_stages_keeps_its_status_writable_with_exact_counts():
+    """More stages than the status lists: the 256 summaries are those that need attention (the failed ones first),
+    the counts stay exact, and the condition message stays bounded."""
+    from gradatim.api.pipeline import STAGE_SUMMARY_LIMIT
+    from gradatim.planner.pipeline import MESSAGE_LIMIT, plan_pipeline
+
+    def with_phase(name: str, phase: str) -> TrainingStage:
+        message = {"type": "Stalled", "status": "True", "reason": "JobFailed", "message": "x" * 900, "lastTransitionTime": NOW.isoformat()}
+        status = {"phase": phase, "conditions": [message] if phase == "Failed" else []}
+        return stage(name, status=status)
+
+    phases = ["Succeeded"] * 700 + ["Failed"] * 40 + ["Running"] * 60 + ["Pending"] * 200
+    stages = {f"s{i:04d}": with_phase(f"s{i:04d}", p) for i, p in enumerate(phases)}
+    status = plan_pipeline(pipeline(), stages, NOW)
+    assert status.stages_total == 1000 and status.stages_done == 700 and status.progress == "700/1000"
+    assert len(status.stages) == STAGE_SUMMARY_LIMIT and status.stages_not_listed == 1000 - STAGE_SUMMARY_LIMIT
+    listed = {s.name: s.phase for s in status.stages}
+    assert sum(p == "Failed" for p in listed.values()) == 40 and sum(p == "Running" for p in listed.values()) == 60
+    assert sum(p == "Succeeded" for p in listed.values()) == 0, "done stages give way first"
+    assert [s.name for s in status.stages] == sorted(listed), "still in dependency order"
+    assert status.phase == "Failed"
+    ready = {c.type: c for c in status.conditions}["Ready"]
+    assert len(ready.message) <= MESSAGE_LIMIT and ready.message.endswith("more")
+    TrainingPipeline.model_validate(pipeline().model_dump(by_alias=True) | {"status": status.model_dump(by_alias=True)})

@@ -39,6 +39,9 @@ class TrainingPipelineSpec(Model):
     """Stop starting jobs and suspend running ones in every stage; set back to false to resume."""
 
 
+STAGE_SUMMARY_LIMIT = 256  # summaries in a pipeline's status: a status object must stay well under etcd's 1.5 MiB
+
+
 class StageSummary(Model):
     """One stage as the pipeline sees it."""
 
@@ -70,8 +73,11 @@ class TrainingPipelineStatus(Model):
     """Stages Succeeded or Cached."""
     current_stage: str = Field(default="", max_length=1024)
     """The running stage (comma-separated when several run at once)."""
-    stages: list[StageSummary] = Field(default_factory=list, max_length=256)
-    """Every stage, in dependency order."""
+    stages: list[StageSummary] = Field(default_factory=list, max_length=STAGE_SUMMARY_LIMIT)
+    """The stages in dependency order: every stage up to 256; beyond that the 256 that need attention most (failed,
+    blocked, running, waiting, then done), and `stagesNotListed` says how many were left out. The counts are exact."""
+    stages_not_listed: int = Field(default=0, ge=0)
+    """Stages left out of `stages` (a pipeline of more than 256); `kubectl get tstage -l` lists them all."""
     start_time: datetime | None = None
     """When the first stage started."""
     completion_time: datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from gradatim.api.pipeline import StageSummary, TrainingPipeline, TrainingPipelineStatus
+from gradatim.api.pipeline import STAGE_SUMMARY_LIMIT, StageSummary, TrainingPipeline, TrainingPipelineStatus
 from gradatim.api.stage import TrainingStage
 from gradatim.planner.conditions import conditions_for
 from gradatim.planner.graph import topological_order
@@ -22,6 +22,30 @@ def _message(stage: TrainingStage) -> str:
     return ""
 
 
+# Which stages a pipeline's status lists first when it cannot list them all: those that need attention.
+LISTING_ORDER = {"Failed": 0, "Invalid": 0, "Blocked": 1, "Retrying": 2, "Running": 2, "Suspended": 3, "Pending": 4, "Succeeded": 5, "Cached": 5}
+MESSAGE_LIMIT = 4096  # of a condition message that lists stages; the stages' own statuses hold the rest
+
+
+def listed(order: list[str], phases: Mapping[str, str]) -> list[str]:
+    """The stages the status lists, in dependency order: all of them, or the STAGE_SUMMARY_LIMIT that most need attention."""
+    if len(order) <= STAGE_SUMMARY_LIMIT:
+        return order
+    position = {n: i for i, n in enumerate(order)}
+    keep = set(sorted(order, key=lambda n: (LISTING_ORDER.get(phases[n], 4), position[n]))[:STAGE_SUMMARY_LIMIT])
+    return [n for n in order if n in keep]
+
+
+def stage_list(parts: list[str]) -> str:
+    """`; `-joined parts, cut to MESSAGE_LIMIT with a count of those left out."""
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if sum(len(p) + 2 for p in out) + len(part) > MESSAGE_LIMIT - 40:
+            return "; ".join(out) + f"; and {len(parts) - i} more"
+        out.append(part)
+    return "; ".join(out)
+
+
 def plan_pipeline(pipeline: TrainingPipeline, stages: Mapping[str, TrainingStage], now: datetime) -> TrainingPipelineStatus:
     previous = pipeline.status or TrainingPipelineStatus()
     generation = pipeline.metadata.get("generation")
@@ -35,11 +59,11 @@ def plan_pipeline(pipeline: TrainingPipeline, stages: Mapping[str, TrainingStage
     if not stages:
         phase, reason, message = "Pending", "NoStages", "no TrainingStage names this pipeline yet"
     elif failed:
-        phase, reason, message = "Failed", "StageFailed", "; ".join(f"{n}: {_message(stages[n])}" for n in failed)
+        phase, reason, message = "Failed", "StageFailed", stage_list([f"{n}: {_message(stages[n])}" for n in failed])
     elif running:
-        phase, reason, message = "Running", "StagesRunning", f"running {', '.join(running)}"
+        phase, reason, message = "Running", "StagesRunning", "running " + stage_list(running).replace("; ", ", ")
     elif blocked:
-        phase, reason, message = "Blocked", "StageBlocked", "; ".join(f"{n}: {_message(stages[n])}" for n in blocked)
+        phase, reason, message = "Blocked", "StageBlocked", stage_list([f"{n}: {_message(stages[n])}" for n in blocked])
     elif len(done) == len(stages):
         phase, reason, message = "Succeeded", "AllStagesDone", f"all {len(stages)} stages done"
     elif pipeline.spec.suspend or any(p == "Suspended" for p in phases.values()):
@@ -47,6 +71,7 @@ def plan_pipeline(pipeline: TrainingPipeline, stages: Mapping[str, TrainingStage
     else:
         phase, reason, message = "Pending", "WaitingForStages", f"{len(done)}/{len(stages)} stages done"
 
+    shown = listed(order, phases)
     starts = [s.status.start_time for s in stages.values() if s.status and s.status.start_time]
     ends = [s.status.completion_time for s in stages.values() if s.status and s.status.completion_time]
     return TrainingPipelineStatus(
@@ -59,8 +84,9 @@ def plan_pipeline(pipeline: TrainingPipeline, stages: Mapping[str, TrainingStage
         current_stage=",".join(running)[:1024],
         stages=[
             StageSummary(name=n, type=stages[n].spec.type, phase=phases[n], attempt=stages[n].status.attempt if stages[n].status else 0, message=_message(stages[n]))
-            for n in order
+            for n in shown
         ],
+        stages_not_listed=len(order) - len(shown),
         start_time=min(starts) if starts else None,
         completion_time=max(ends) if phase in ("Succeeded", "Failed") and ends else None,
     )
