@@ -253,3 +253,15 @@ def test_the_embedded_prometheus_scrapes_the_operators_stage_series(h, cluster):
     assert query(f'gradatim_stage_phase{selector[:-1]}, phase="Succeeded"}} == 1'), "Prometheus never saw the stage succeed"
     result = query(f'gradatim_stage_result{selector[:-1]}, metric="pass@1/math"}}')
     assert float(result[0]["value"][1]) == 0.25
+
+
+def test_operator_namespaces_set_by_the_cli_after_import_reach_the_resync(monkeypatch):
+    """`gradatim operator -n ml` imports the handlers (through the CLI) before it parses -n and sets the variable;
+    the resync must still see it."""
+    import gradatim.cli  # noqa: F401  (imports the operator package, as the command does)
+    from gradatim.operator import handlers
+
+    monkeypatch.setenv("GRADATIM_OPERATOR_NAMESPACES", "ml,research")
+    assert handlers.watched_namespaces() == ["ml", "research"]
+    monkeypatch.setenv("GRADATIM_OPERATOR_NAMESPACES", "")
+    assert handlers.watched_namespaces() == []

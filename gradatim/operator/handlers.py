@@ -23,8 +23,12 @@ log = logging.getLogger("gradatim.operator")
 WORKERS = int(os.environ.get("GRADATIM_OPERATOR_WORKERS", "4"))
 RESYNC_SECONDS = float(os.environ.get("GRADATIM_OPERATOR_RESYNC_SECONDS", "30"))
 METRICS_PORT = int(os.environ.get("GRADATIM_OPERATOR_METRICS_PORT", "8080"))
-# The namespaces `gradatim operator -n` watches (empty: all); the resync lists only these.
-NAMESPACES = [n for n in os.environ.get("GRADATIM_OPERATOR_NAMESPACES", "").split(",") if n]
+
+
+def watched_namespaces() -> list[str]:
+    """The namespaces `gradatim operator -n` watches (empty: all); the resync lists only these. Read when used:
+    the CLI imports this module before it parses `-n` and sets the variable."""
+    return [n for n in os.environ.get("GRADATIM_OPERATOR_NAMESPACES", "").split(",") if n]
 
 _reconciler: Reconciler | None = None  # set at startup; the only process-wide handle, for the handlers below
 
@@ -66,7 +70,7 @@ async def _resync() -> None:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
             r = reconciler()
-            await asyncio.to_thread(r.resync, NAMESPACES)
+            await asyncio.to_thread(r.resync, watched_namespaces())
         except Exception as err:
             log.warning("Resync failed: %s", err)
 
