@@ -11,13 +11,12 @@ import pytest
 from gradatim import s3
 from gradatim.api.common import Endpoint
 from gradatim.api.hyperparams import Sampling
-from gradatim.api.runfiles import CHUNKS_DIR, GenerateChunk
 from gradatim.local.processes import free_port
-from gradatim.s3 import S3Location
 from gradatim.trainer import tiny
 from gradatim.trainer.artifacts import download_dir
 from gradatim.trainer.generation import EndpointEngine, HFEngine, messages, pick_engine, token_batches
 from gradatim.trainer.sources import MODEL_CACHE
+from gradatim.trainer.stages.generate import chunk_records
 from tests.openai_server import OpenAIServer
 from tests.trainer_harness import kill_trainer, run_trainer, stage_spec, start_trainer
 
@@ -48,16 +47,6 @@ def test_hf_engine_gives_k_completions_whatever_the_budget():
     assert small.usage.requests > large.usage.requests == 1
     assert small.usage.completion_tokens == sum(c.tokens for g in out_small for c in g)
     assert pick_engine("auto", model.device) == "hf", "on CPU auto picks transformers: vLLM's start-up outweighs a small run"
-
-
-def chunk_records(store, uri: str) -> dict[int, GenerateChunk]:
-    loc = S3Location.parse(uri + CHUNKS_DIR)
-    listed = store.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key).get("Contents", [])
-    out = {}
-    for item in listed:
-        record = GenerateChunk.model_validate_json(store.get_object(Bucket=loc.bucket, Key=item["Key"])["Body"].read())
-        out[record.chunk] = record
-    return out
 
 
 def wait_for_chunks(store, uri: str, at_least: int, process, timeout: float = 300) -> None:

@@ -14,7 +14,6 @@ own), and counts the tokens it read and wrote.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -30,8 +29,6 @@ from gradatim.api.hyperparams import GenerationBudget, Sampling
 from gradatim.api.resolved import ENDPOINT_API_KEY_ENV, ResolvedSource
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import SourceError, load_model, model_dir
-
-log = logging.getLogger("gradatim.trainer")
 
 Messages = list[dict[str, str]]
 
@@ -64,17 +61,14 @@ class Usage:
         new, self.reported = self.completion_tokens - self.reported, self.completion_tokens
         return new
 
-    def as_metrics(self) -> dict[str, float]:
-        return {"prompt_tokens": float(self.prompt_tokens), "completion_tokens": float(self.completion_tokens),
-                "requests": float(self.requests), "retries": float(self.retries)}
-
 
 def messages(prompt: str, system_message: str | None) -> Messages:
     return ([{"role": "system", "content": system_message}] if system_message else []) + [{"role": "user", "content": prompt}]
 
 
-def chat_prompt(tokenizer: Any, prompt: str, system_message: str | None) -> str:
-    return tokenizer.apply_chat_template(messages(prompt, system_message), tokenize=False, add_generation_prompt=True)
+def chat_text(tokenizer: Any, prompt: Messages) -> str:
+    """The prompt as the model reads it: its chat template, ready for the assistant's turn."""
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
 def token_batches(lengths: Sequence[int], k: int, max_new_tokens: int, max_batch_tokens: int) -> list[list[tuple[int, int]]]:
@@ -112,13 +106,12 @@ class HFEngine:
         tok, model = self.tokenizer, self.model
         model.eval()
         tok.padding_side = "left"
-        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
-        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [tok(chat_text(tok, m), add_special_tokens=False)["input_ids"] for m in prompts]
         out: list[list[Completion | None]] = [[None] * k for _ in prompts]
         eos, greedy = tok.eos_token_id, sampling.temperature == 0
         finished_prompts = 0
         for number, batch in enumerate(token_batches([len(x) for x in ids], k, sampling.max_new_tokens, self.max_batch_tokens)):
-            enc = tok([texts[i] for i, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            enc = tok.pad([{"input_ids": ids[i]} for i, _ in batch], return_tensors="pt").to(self.device)
             torch.manual_seed(seed * 1_000_003 + number)
             gen = model.generate(
                 **enc, do_sample=not greedy, temperature=sampling.temperature if not greedy else None,
@@ -134,7 +127,8 @@ class HFEngine:
                 self.usage.prompt_tokens += len(ids[i])
                 self.usage.completion_tokens += len(seq)
             self.usage.requests += 1
-            now_done = sum(1 for group in out if group[-1] is not None)
+            last_prompt, last_sample = batch[-1]  # batches go in order: every prompt before the last one is complete
+            now_done = last_prompt + 1 if last_sample == k - 1 else last_prompt
             if on_batch and now_done > finished_prompts:
                 on_batch(now_done - finished_prompts)
             finished_prompts = now_done
@@ -191,7 +185,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         greedy = sampling.temperature == 0
-        texts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        texts = [chat_text(self.tokenizer, m) for m in prompts]
         params = [SamplingParams(n=k, temperature=sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
                                  top_k=-1 if greedy or not sampling.top_k else sampling.top_k, max_tokens=sampling.max_new_tokens,
                                  seed=seed * 1_000_003 + i, skip_special_tokens=False) for i in range(len(texts))]
@@ -276,12 +270,15 @@ class EndpointEngine:
         return out
 
 
-def pick_engine(choice: str, device: torch.device) -> str:
-    """`auto`: vLLM where it is installed and the processes have GPUs; else transformers (on CPU vLLM's start-up,
-    about two minutes, outweighs a small run's generation)."""
-    if choice != "auto":
-        return choice
-    return "vllm" if device.type == "cuda" and vllm_available() else "hf"
+def pick_engine(choice: str, device: torch.device, field: str = "engine") -> str:
+    """`auto`: vLLM where it is installed and the processes have GPUs; else transformers (on CPU vLLM's import and
+    start-up, half a minute to two, outweigh a small run's generation). `vllm` where it does not load: an error
+    naming `field`."""
+    if choice == "auto":
+        return "vllm" if device.type == "cuda" and vllm_available() else "hf"
+    if choice == "vllm" and not vllm_available():
+        raise SourceError(f"{field} is vllm, but vLLM does not load in this trainer image; use engine: auto or hf, or an image with vLLM")
+    return choice
 
 
 @dataclass(frozen=True)
@@ -303,10 +300,7 @@ def open_engine(params: GenerationBudget, source: ResolvedSource, store: Any, rt
     if source.endpoint is not None:
         per_process = max(1, source.endpoint.max_concurrency // rt.world_size)
         return EndpointEngine(source.endpoint, per_process, os.environ.get(ENDPOINT_API_KEY_ENV)), every_rank
-    name = pick_engine(params.engine, rt.device)
-    if name == "vllm":
-        if not vllm_available():
-            raise SourceError("engine is vllm, but vLLM does not load in this trainer image; use engine: auto or hf, or an image with vLLM")
+    if pick_engine(params.engine, rt.device) == "vllm":
         tp = params.tensor_parallel_size
         if rt.world_size % tp:
             raise SourceError(f"tensorParallelSize {tp} does not divide the stage's {rt.world_size} processes (nodes x gpusPerNode)")

@@ -85,7 +85,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
                         "samples_per_problem": float(params.samples_per_problem)})
     usage = gather([{"index": rt.rank, **engine.usage.__dict__}] if place.writes else [], rt)  # every rank takes part
     if rt.is_rank0:
-        metrics.update({f"{k}": float(sum(u[k] for u in usage)) for k in ("prompt_tokens", "completion_tokens")})
+        metrics.update({k: float(sum(u[k] for u in usage)) for k in ("prompt_tokens", "completion_tokens")})
         outputs["results"] = spec.output.uri + "results/"
         upload_dir(store, out_dir, outputs["results"])
     rt.barrier()

@@ -21,7 +21,7 @@ from typing import Any
 from gradatim.api.hyperparams import GenerateParams
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.api.runfiles import CHUNKS_DIR, GenerateChunk
-from gradatim.s3 import S3Location, write_json
+from gradatim.s3 import S3Location, read_json, write_json
 from gradatim.trainer.artifacts import upload_files, write_manifest
 from gradatim.trainer.generation import Completion, Usage, messages, open_engine
 from gradatim.trainer.report import Reporter
@@ -64,15 +64,16 @@ def select(records: Sequence[dict[str, Any]], groups: Sequence[Sequence[Completi
     return Selection(traces, pairs, prompts, stats)
 
 
-def finished_chunks(store: Any, output_uri: str) -> dict[int, GenerateChunk]:
-    """The chunks an earlier attempt finished, by number."""
+def chunk_records(store: Any, output_uri: str) -> dict[int, GenerateChunk]:
+    """The records of the chunks written so far, by number."""
+    return {n: GenerateChunk.model_validate(read_json(store, output_uri + GenerateChunk.name(n))) for n in finished_chunks(store, output_uri)}
+
+
+def finished_chunks(store: Any, output_uri: str) -> set[int]:
+    """The numbers of the chunks written so far, from their records' names alone (one LIST per 1,000 chunks)."""
     loc = S3Location.parse(output_uri + CHUNKS_DIR)
-    found: dict[int, GenerateChunk] = {}
-    for page in store.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key):
-        for item in page.get("Contents", []):
-            record = GenerateChunk.model_validate_json(store.get_object(Bucket=loc.bucket, Key=item["Key"])["Body"].read())
-            found[record.chunk] = record
-    return found
+    pages = store.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key)
+    return {int(item["Key"].rsplit("chunk-", 1)[1].split(".")[0]) for page in pages for item in page.get("Contents", [])}
 
 
 def run_chunk(number: int, rows: list[dict[str, Any]], engine: Any, params: GenerateParams, spec: ResolvedStageSpec, rt: Runtime,
@@ -109,13 +110,14 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     params = spec.typed_params()
     records = load_all(spec.inputs.data, store, rt, spec.seed)
     total, size = len(records), params.chunk_size
+    chunks = math.ceil(total / size)
     engine, place = open_engine(params, spec.inputs.model, store, rt, spec.seed,
                                 on_teacher_step=lambda step, steps, loss: reporter.preparing("training tiny-teacher", step, steps, loss))
     done = finished_chunks(store, spec.output.uri)
-    mine = [c for c in range(math.ceil(total / size)) if c % place.replicas == place.replica and c not in done]
-    progressed = sum(r.prompts for r in done.values())
+    mine = [c for c in range(chunks) if c % place.replicas == place.replica and c not in done]
+    progressed = sum(min(size, total - c * size) for c in done)
     if done:
-        log.info("Resuming: %d of %d chunk(s) (%d prompts) were written by an earlier attempt", len(done), math.ceil(total / size), progressed)
+        log.info("Resuming: %d of %d chunk(s) (%d prompts) were written by an earlier attempt", len(done), chunks, progressed)
 
     def advance(n: int) -> None:  # this engine's share, scaled to the stage's: the engines go at about one pace
         nonlocal progressed
@@ -130,15 +132,15 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     outputs: dict[str, str] = {}
     metrics: dict[str, float] = {}
     if rt.is_rank0:
-        chunks = finished_chunks(store, spec.output.uri)
-        missing = sorted(set(range(math.ceil(total / size))) - set(chunks))
+        records_of = chunk_records(store, spec.output.uri)
+        missing = sorted(set(range(chunks)) - set(records_of))
         if missing:
             raise RuntimeError(f"chunks {missing[:10]} have no record after every engine finished; S3 lost a write")
         for name in OUTPUT_NAMES:
-            files = {rel.split("/", 1)[1]: meta for r in chunks.values() for rel, meta in r.files.items() if rel.startswith(name + "/")}
+            files = {rel.split("/", 1)[1]: meta for r in records_of.values() for rel, meta in r.files.items() if rel.startswith(name + "/")}
             write_manifest(store, spec.output.uri + name + "/", files)
             outputs[name] = spec.output.uri + name + "/"
-        metrics = summarize(list(chunks.values()), total) | {"chunks_reused": float(sum(c.attempt != spec.attempt for c in chunks.values()))}
+        metrics = summarize(list(records_of.values()), total) | {"chunks_reused": float(sum(c.attempt != spec.attempt for c in records_of.values()))}
     rt.barrier()
     return reporter.results(metrics, outputs, engine=engine.name)
 

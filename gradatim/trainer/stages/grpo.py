@@ -12,7 +12,7 @@ from gradatim.api.hyperparams import GRPOParams
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.trainer import rewards
 from gradatim.trainer.checkpoints import CheckpointSync, resume_point
-from gradatim.trainer.generation import pick_engine, vllm_available
+from gradatim.trainer.generation import pick_engine
 from gradatim.trainer.hf import ReportingCallback, ShardingReport, final_loss, model_settings, save_model, sharded, training_arguments
 from gradatim.trainer.report import Reporter
 from gradatim.trainer.runtime import Runtime
@@ -56,10 +56,8 @@ def rollout_engine(params: GRPOParams, rt: Runtime) -> dict[str, Any]:
     """TRL's settings for the rollouts: vLLM (colocated in each training process, asleep while the policy trains, or
     a `trl vllm-serve` server), with the policy's current weights loaded into it before every generation; or
     transformers' `generate` on the (possibly FSDP-sharded) policy itself."""
-    if pick_engine(params.engine, rt.device) != "vllm":
+    if pick_engine(params.engine, rt.device, "grpo.engine") != "vllm":
         return {"use_vllm": False}
-    if not vllm_available():
-        raise SourceError("grpo.engine is vllm, but vLLM does not load in this trainer image; use engine: auto or hf, or an image with vLLM")
     settings: dict[str, Any] = {"use_vllm": True, "vllm_mode": params.vllm_mode, "vllm_gpu_memory_utilization": params.gpu_memory_utilization,
                                 "vllm_tensor_parallel_size": params.tensor_parallel_size, "vllm_max_model_length": params.max_length}
     if rt.device.type != "cuda":
