@@ -124,7 +124,7 @@ def current_rss_mb() -> float:
 def rank_main(args: argparse.Namespace) -> None:
     import datasets
 
-    from gradatim import s3
+    from gradatim.storage import s3
     from gradatim.api.resolved import ResolvedSource
     from gradatim.trainer.artifacts import download_dir
     from gradatim.trainer.packing import pack

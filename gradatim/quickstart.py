@@ -19,9 +19,7 @@ from pathlib import Path
 import yaml
 from kubernetes import config
 
-from gradatim import s3
-from gradatim.api import TrainingPipeline, TrainingStage
-from gradatim.api.resolved import PROGRESS_FILE
+from gradatim.api import TrainingStage
 from gradatim.cluster.controlplane import ControlPlane
 from gradatim.cluster.process import spawn, stop_groups
 from gradatim.cluster.progress import ConsoleProgress
@@ -29,8 +27,6 @@ from gradatim.cluster.state import ClusterInfo
 from gradatim.cluster.targets import operator_targets
 from gradatim.local.jobrunner import free_port
 from gradatim.operator import kube
-from gradatim.planner.graph import cache_keys
-from gradatim.planner.render import stage_output_uri
 from gradatim.view import FINISHED, follow, stage_views
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
@@ -107,8 +103,7 @@ def run_quickstart(state_dir: str | None = None, example: Path | None = None, ti
             kubectl("apply", "-k", str(example), "--dry-run=server")  # all or nothing: no half-applied recipe
             print(kubectl("apply", "-k", str(example)), end="")
         api = config.new_client_from_config(config_file=str(info.kubeconfig))
-        store = info.s3_client()
-        phase = follow(f"TrainingPipeline {namespace}/{pipeline}", lambda: poll(api, store, namespace, pipeline), timeout=timeout)
+        phase = follow(f"TrainingPipeline {namespace}/{pipeline}", lambda: poll(api, namespace, pipeline), timeout=timeout)
     report = write_report(api, namespace, pipeline, info.state_dir / "reports" / pipeline)
     api.close()
     print(f"\nPipeline {namespace}/{pipeline}: {phase}")
@@ -118,21 +113,17 @@ def run_quickstart(state_dir: str | None = None, example: Path | None = None, ti
     return 0 if phase == "Succeeded" else 1
 
 
-def poll(api, store, namespace: str, pipeline: str):
-    """(pipeline phase, stage views) as the API server and S3 have them now."""
+def poll(api, namespace: str, pipeline: str):
+    """(pipeline phase, stage views) as the API server has them now."""
     body = kube.get_pipeline(api, namespace, pipeline)
     stages = [kube.parse_stage(b) for b in kube.list_stages(api, namespace) if b.get("spec", {}).get("pipeline") == pipeline]
-    if body is None:
-        return None, stage_views(stages, {})
-    parsed = kube.parse_pipeline(body)
-    keys = cache_keys({s.metadata["name"]: s for s in stages}, parsed.spec.image)
-    return current_phase(body, stages, keys), stage_views(stages, running_progress(parsed, stages, store, namespace, keys))
+    return current_phase(body, stages), stage_views(stages)
 
 
-def current_phase(pipeline_body: dict | None, stages: list[TrainingStage], keys: dict[str, str]) -> str | None:
+def current_phase(pipeline_body: dict | None, stages: list[TrainingStage]) -> str | None:
     """The pipeline's phase once its status has caught up with the specs; "Running" until then. Right after
-    `kubectl apply` changes a stage, the pipeline still says Succeeded, and so does every stage downstream of the
-    change, under its old cache key, until the operator has been round."""
+    `kubectl apply` changes a stage, the pipeline still says Succeeded until the operator has been round. (A stage
+    downstream of the change keeps its generation; the pipeline's status counts it done only under its new key.)"""
     status = (pipeline_body or {}).get("status") or {}
     phase = status.get("phase")
     if phase not in FINISHED:
@@ -143,20 +134,7 @@ def current_phase(pipeline_body: dict | None, stages: list[TrainingStage], keys:
         st = stage.status
         if st is None or st.observed_generation != stage.metadata.get("generation") or st.phase in ("Running", "Retrying"):
             return "Running"
-        if st.phase in ("Succeeded", "Cached") and st.cache_key != keys.get(stage.metadata["name"]):
-            return "Running"
     return phase
-
-
-def running_progress(pipeline: TrainingPipeline, stages: list[TrainingStage], store, namespace: str, keys: dict[str, str]) -> dict[str, dict[str, float]]:
-    """The values in each running stage's progress.json (loss, reward), where the trainer writes them."""
-    live = {}
-    for stage in stages:
-        name = stage.metadata["name"]
-        if stage.status and stage.status.phase == "Running" and name in keys:
-            uri = stage_output_uri(pipeline, namespace, stage, keys[name]) + PROGRESS_FILE
-            live[name] = (s3.read_json(store, uri) or {}).get("metrics", {})
-    return live
 
 
 def write_report(api, namespace: str, pipeline: str, out: Path) -> str:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from gradatim.api.stage import TrainingStage
+from gradatim.api.stage import Progress, TrainingStage
 from gradatim.planner.graph import stages_by_name, topological_order
 
 FINISHED = ("Succeeded", "Failed")  # pipeline phases after which there is nothing more to follow
@@ -33,7 +33,7 @@ class StageView:
     step: int
     total_steps: int
     eta_seconds: int | None
-    live: str  # the running attempt's loss or reward, from its progress.json
+    live: str  # the running attempt's loss or reward, from its status
     result: str  # the finished stage's headline metric
     progress_text: str = ""  # `step/total`, after the activity when the trainer names one
 
@@ -69,15 +69,16 @@ def headline(type_: str, metrics: Mapping[str, float]) -> str:
     return ""
 
 
-def live_values(progress_metrics: Mapping[str, float] | None) -> str:
-    """Loss for training stages, reward for GRPO, from the values in progress.json."""
-    m = progress_metrics or {}
-    parts = [f"{k} {m[k]:.4g}" for k in ("loss", "reward_mean") if k in m]
+def live_values(progress: Progress | None) -> str:
+    """Loss for training stages, reward for GRPO, as the status has them from the trainer's progress.json."""
+    if progress is None:
+        return ""
+    parts = [f"{k} {v:.4g}" for k, v in (("loss", progress.loss), ("reward_mean", progress.reward_mean)) if v is not None]
     return "  ".join(parts)
 
 
-def stage_views(stages: Sequence[TrainingStage], live: Mapping[str, Mapping[str, float]]) -> list[StageView]:
-    """One view per stage, in pipeline order; `live` maps a running stage's name to its progress.json metrics."""
+def stage_views(stages: Sequence[TrainingStage]) -> list[StageView]:
+    """One view per stage, in pipeline order, from the stages' status alone."""
     by_name = stages_by_name(stages)
     views = []
     for name in topological_order(by_name):
@@ -89,7 +90,7 @@ def stage_views(stages: Sequence[TrainingStage], live: Mapping[str, Mapping[str,
             name=name, type=stage.spec.type, phase=phase, attempt=st.attempt if st else 0,
             step=progress.step if progress else 0, total_steps=progress.total_steps if progress else 0,
             eta_seconds=progress.eta_seconds if progress else None, progress_text=progress.text if progress else "",
-            live=live_values(live.get(name)) if phase == "Running" else "",
+            live=live_values(progress) if phase == "Running" else "",
             result=headline(stage.spec.type, st.metrics) if st and phase in ("Succeeded", "Cached") else "",
         ))
     return views

@@ -28,6 +28,7 @@ from gradatim.local.jobrunner import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN_IMAGE = "gradatim/stand-in-trainer:test"
+STORAGE_PATIENCE_SECONDS = 20  # how long the operator under test waits out S3 faults that may pass (300 s shipped)
 
 
 @dataclass
@@ -67,7 +68,8 @@ class Harness:
         self.operator = Process(
             [sys.executable, "-m", "gradatim", "operator", "-n", self.namespace, "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
             {**env, "KUBECONFIG": str(self.operator_kubeconfig()),
-             "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5"},
+             "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5",
+             "GRADATIM_STORAGE_PATIENCE_SECONDS": str(STORAGE_PATIENCE_SECONDS)},
             self.workdir / "operator.log",
         )
         self.runner = Process(

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 
-from gradatim import s3
+from gradatim.storage import s3
 
 
 def main() -> int:

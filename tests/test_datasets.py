@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.api.common import Fields
 from gradatim.api.resolved import ResolvedSource, ResolvedStageSpec
 from gradatim.trainer.artifacts import upload_dir

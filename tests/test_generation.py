@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from gradatim import s3
+from gradatim.storage import s3
+from gradatim.storage.runfiles import read_run_files
 from gradatim.api.common import Endpoint
 from gradatim.api.hyperparams import Sampling
 from gradatim.local.processes import free_port
@@ -136,7 +137,7 @@ def test_generate_from_an_endpoint_survives_the_server_going_away(cluster, tmp_p
         if trainer.poll() is None:
             kill_trainer(trainer)
         teacher_server.start()
-    error = s3.read_error(store, first.output.uri)
+    error = read_run_files(store, first.output.uri, results=False, progress=False, error=True).error
     assert error is not None and error.kind == "Endpoint" and error.field == "inputs.model.endpoint", error
     assert teacher_server.url in error.message and "retry resumes" in error.message
     written = chunk_records(store, first.output.uri)

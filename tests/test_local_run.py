@@ -20,7 +20,7 @@ from gradatim.local.reconciler import read_status
 from gradatim.planner.graph import cache_keys, stages_by_name
 from gradatim.planner.render import output_uri
 from gradatim.report.collect import report_uri
-from gradatim.s3 import S3Location
+from gradatim.storage.s3 import S3Location
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"learningRate": 1e-3, "batchSize": 8, "microBatchSize": 4, "maxSteps": 2, "maxLength": 256, "precision": "fp32",

@@ -126,7 +126,7 @@ def test_model_flops_follow_the_palm_count():
 
 
 def test_s3_failures_are_counted_against_the_real_seaweedfs(cluster):
-    from gradatim import s3
+    from gradatim.storage import s3
 
     failed: list[str] = []
     wrong = s3.client(cluster.s3_endpoint, cluster.s3_access_key, "not-the-secret", cluster.s3_region)
@@ -142,7 +142,7 @@ def test_s3_failures_are_counted_against_the_real_seaweedfs(cluster):
 
 
 def test_preparing_names_its_activity_in_progress_json_and_leaves_the_stage_counters_alone(cluster):
-    from gradatim import s3
+    from gradatim.storage import s3
 
     store = cluster.s3_client()
     out = f"s3://{cluster.s3_bucket}/preparing-{uuid.uuid4().hex}/"

@@ -4,7 +4,9 @@ Jobs run tests/stand_in_trainer.py (named as such), a stand-in for gradatim.trai
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import time
 import urllib.parse
 import urllib.request
@@ -12,9 +14,11 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.local.jobrunner import free_port
-from tests.operator_harness import running_harness
+from gradatim.cluster.layout import StateLayout
+from gradatim.cluster.state import ClusterState
+from tests.operator_harness import STORAGE_PATIENCE_SECONDS, running_harness
 
 
 @pytest.fixture(scope="module")
@@ -198,16 +202,43 @@ def test_a_missing_secret_stalls_one_pipeline_and_others_keep_running(h):
     assert any(e.reason == "InvalidReference" for e in h.events("orphan"))
 
 
-def test_unreachable_s3_and_a_missing_bucket_name_the_field(h):
+def test_unreachable_s3_is_retried_then_stalls_and_a_missing_bucket_names_the_field_at_once(h):
     h.pipeline("nos3", storage={"bucket": "gradatim", "endpoint": f"http://127.0.0.1:{free_port()}", "secretRef": {"name": "s3"}})
     h.pipeline("nobucket", storage={"bucket": "no-such-bucket", "secretRef": {"name": "s3"}})
     h.stage("lost", "nos3")
     h.stage("bucketless", "nobucket")
-    lost = h.wait_phase("lost", "Invalid", timeout=60)
-    assert "spec.storage.endpoint: cannot reach S3" in next(c["message"] for c in lost["status"]["conditions"] if c["type"] == "Stalled")
+    retrying = h.wait("trainingstages", "lost", lambda o: "retrying S3" in _condition(o, "Reconciling"), 30, "retrying S3")
+    assert retrying["status"]["phase"] == "Pending" and _condition(retrying, "Stalled") == ""
+    lost = h.wait_phase("lost", "Blocked", timeout=STORAGE_PATIENCE_SECONDS + 30)
+    assert "spec.storage.endpoint: cannot reach S3" in _condition(lost, "Stalled")
+    assert [e.reason for e in h.events("lost") if e.type == "Warning"] == ["StorageUnavailable"]
     bucketless = h.wait_phase("bucketless", "Invalid", timeout=60)
     assert "spec.storage.bucket: bucket 'no-such-bucket' does not exist" in next(c["message"] for c in bucketless["status"]["conditions"] if c["type"] == "Stalled")
     assert h.jobs("lost") == [] and h.jobs("bucketless") == []
+
+
+def _condition(obj: dict, type_: str) -> str:
+    return next((c.get("message", "") for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_ and c["status"] == "True"), "")
+
+
+def test_an_s3_freeze_during_a_run_is_waited_out_not_reported_as_a_user_error(h, cluster):
+    """SeaweedFS stopped (SIGSTOP: connections hang, as in a network partition) while a stage runs: the operator's
+    reads time out, the stage stays Running and says what it retries; once S3 answers again, the run finishes."""
+    seaweedfs = ClusterState.load(StateLayout(cluster.state_dir)).processes["seaweedfs"].pid
+    h.pipeline("frozen")
+    h.stage("patient", "frozen", env={"STAND_IN_STEPS": "40", "STAND_IN_STEP_SECONDS": "0.5"})
+    h.wait("trainingstages", "patient", lambda o: ((o.get("status") or {}).get("progress") or {}).get("step", 0) >= 2, 120, "stepping")
+    os.kill(seaweedfs, signal.SIGSTOP)
+    try:
+        held = h.wait("trainingstages", "patient", lambda o: "retrying S3" in _condition(o, "Reconciling"), 30, "retrying S3")
+        assert held["status"]["phase"] == "Running" and _condition(held, "Stalled") == ""
+        time.sleep(5)
+        assert h.get("trainingstages", "patient")["status"]["phase"] == "Running"
+    finally:
+        os.kill(seaweedfs, signal.SIGCONT)
+    done = h.wait_phase("patient", "Succeeded", timeout=180)
+    assert done["status"]["attempt"] == 1 and "StorageAvailable" not in [c["type"] for c in done["status"]["conditions"]]
+    assert not [e for e in h.events("patient") if e.type == "Warning"]
 
 
 def test_operator_survives_sigkill_at_random_points(h):
@@ -255,7 +286,7 @@ def test_the_embedded_prometheus_scrapes_the_operators_stage_series(h, cluster):
     assert float(result[0]["value"][1]) == 0.25
 
 
-def test_operator_namespaces_set_by_the_cli_after_import_reach_the_resync(monkeypatch):
+def test_operator_namespaces_set_by_the_cli_after_import_reach_the_relist(monkeypatch):
     """`gradatim operator -n ml` imports the handlers (through the CLI) before it parses -n and sets the variable;
     the resync must still see it."""
     import gradatim.cli  # noqa: F401  (imports the operator package, as the command does)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from gradatim.api import TrainingPipeline, TrainingStage
+from gradatim.api.runfiles import RunProgress, RunResults
 from gradatim.planner.graph import cache_keys, downstream, find_cycle, topological_order
-from gradatim.planner.stage import CreateJob, DeleteJob, Observed, SetJobSuspended, plan_stage
+from gradatim.planner.stage import CreateJob, DeleteJob, Observed, Reads, SetJobSuspended, StorageFault, plan_stage, reads_for
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
@@ -31,9 +32,12 @@ def stage(name: str, type_: str = "sft", deps=(), model=None, status=None, gener
     return TrainingStage.model_validate(body)
 
 
-def observe(st, pipe=None, siblings=(), job=None, results=None, progress=None, now=NOW) -> Observed:
+def observe(st, pipe=None, siblings=(), job=None, results=None, progress=None, now=NOW, **more) -> Observed:
+    """The run files as the shell reads them: through the types the trainer writes them with."""
     sibs = {s.metadata["name"]: s for s in (*siblings, st)}
-    return Observed(stage=st, pipeline=pipe or pipeline(), siblings=sibs, job=job, results=results, progress=progress, now=now)
+    results = RunResults.model_validate(results) if results is not None else None
+    progress = RunProgress.model_validate(progress) if progress is not None else None
+    return Observed(stage=st, pipeline=pipe or pipeline(), siblings=sibs, job=job, results=results, progress=progress, now=now, **more)
 
 
 def key_of(name, *stages, pipe=None):
@@ -82,7 +86,7 @@ def test_a_running_job_reports_its_progress_and_the_activity_before_its_steps():
     running = job("rollouts-a1", ("Running", "running"))
     running["metadata"]["labels"] = {"gradatim.io/cache-key": key_of("rollouts", st)}
     plan = plan_stage(observe(st, job=running, progress={"step": 40, "totalSteps": 1800, "etaSeconds": 120.5, "activity": "training tiny-teacher"}))
-    assert plan.status.progress.model_dump() == {"step": 40, "total_steps": 1800, "percent": 2, "eta_seconds": 120, "text": "training tiny-teacher 40/1800"}
+    assert plan.status.progress.model_dump(exclude_none=True) == {"step": 40, "total_steps": 1800, "percent": 2, "eta_seconds": 120, "text": "training tiny-teacher 40/1800"}
     plan = plan_stage(observe(st, job=running, progress={"step": 3, "totalSteps": 12, "etaSeconds": 9}))
     assert plan.status.progress.text == "3/12" and plan.status.progress.percent == 25
 
@@ -271,3 +275,51 @@ def test_a_pipeline_of_a_thousand_stages_keeps_its_status_writable_with_exact_co
     ready = {c.type: c for c in status.conditions}["Ready"]
     assert len(ready.message) <= MESSAGE_LIMIT and ready.message.endswith("more")
     TrainingPipeline.model_validate(pipeline().model_dump(by_alias=True) | {"status": status.model_dump(by_alias=True)})
+
+
+# -- what the shell reads, and S3 faults that pass ------------------------------------------------------------
+
+def test_the_planner_says_what_to_read_a_done_stage_reads_nothing():
+    st = stage("sft")
+    key = key_of("sft", st)
+    assert reads_for(st, None, key) == Reads(results=True), "no job yet: a cache hit is possible"
+    running = job("sft-a1", ("Running", "running"))
+    started = TrainingStage.model_validate(st.model_dump(by_alias=True) | {"status": {"phase": "Running", "cacheKey": key, "jobName": "sft-a1", "attempt": 1, "observedGeneration": 1}})
+    assert reads_for(started, running, key) == Reads(progress=True), "running: its progress only"
+    assert reads_for(started, job("sft-a1", ("Failed", "boom")), key) == Reads(results=True, error=True, pods=True)
+    assert reads_for(started, job("sft-a1", ("Suspended", "")), key) == Reads()
+    finished = done(st)
+    assert reads_for(finished, job("sft-a1", ("Succeeded", "")), key) == Reads(), "settled for its spec and key"
+    assert reads_for(finished, None, "another-key") == Reads(results=True), "new content: look for a cache hit"
+    plan = plan_stage(observe(finished))
+    assert plan.status.phase == "Succeeded" and not plan.actions, "a settled stage keeps its status without its results"
+
+
+def test_an_s3_fault_that_may_pass_keeps_the_stage_running_then_blocks_it_after_the_patience():
+    st = stage("sft")
+    key = key_of("sft", st)
+    running = job("sft-a1", ("Running", "running"))
+    running["metadata"]["labels"] = {"gradatim.io/cache-key": key}
+    status = {"phase": "Running", "cacheKey": key, "jobName": "sft-a1", "attempt": 1, "observedGeneration": 1}
+    st = TrainingStage.model_validate(st.model_dump(by_alias=True) | {"status": status})
+    fault = StorageFault("TrainingPipeline recipe spec.storage.endpoint: cannot reach S3 at http://s3:9000: timed out", transient=True)
+    plan = plan_stage(observe(st, job=running, storage_fault=fault, storage_patience_seconds=60))
+    assert plan.status.phase == "Running" and not plan.actions and plan.requeue_after
+    conditions = {c.type: c for c in plan.status.conditions}
+    assert conditions["Stalled"].status == "False" and conditions["Reconciling"].status == "True"
+    assert "retrying S3" in conditions["Reconciling"].message and "spec.storage.endpoint" in conditions["Reconciling"].message
+    assert conditions["StorageAvailable"].status == "False"
+    held = TrainingStage.model_validate(st.model_dump(by_alias=True) | {"status": plan.status.to_wire()})
+    later = plan_stage(observe(held, job=running, storage_fault=fault, storage_patience_seconds=60, now=NOW + timedelta(seconds=30)))
+    assert later.status.phase == "Running", "still within the patience"
+    blocked = plan_stage(observe(held, job=running, storage_fault=fault, storage_patience_seconds=60, now=NOW + timedelta(seconds=61)))
+    assert blocked.status.phase == "Blocked" and blocked.reason == "StorageUnavailable"
+    assert {c.type: c.status for c in blocked.status.conditions}["Stalled"] == "True"
+    recovered = plan_stage(observe(held, job=running, progress={"step": 3, "totalSteps": 10}, now=NOW + timedelta(seconds=40)))
+    assert recovered.status.phase == "Running" and "StorageAvailable" not in {c.type for c in recovered.status.conditions}
+
+
+def test_an_s3_fault_a_user_must_fix_is_invalid_at_once():
+    fault = StorageFault("TrainingPipeline recipe spec.storage.bucket: bucket 'nope' does not exist", transient=False)
+    plan = plan_stage(observe(stage("sft"), storage_fault=fault))
+    assert plan.status.phase == "Invalid" and "spec.storage.bucket" in plan.message and not plan.actions

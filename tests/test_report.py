@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.api import GROUP, VERSION, TrainingStage
 from gradatim.cli import main
 from gradatim.operator.kube import STAGES, replace_status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.trainer.artifacts import download_dir, upload_dir
 from gradatim.trainer.sources import builtin_records, write_jsonl
 from gradatim.trainer.stages.decontaminate import decontaminate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.trainer.artifacts import upload_dir
 from gradatim.trainer.sources import write_jsonl
 from gradatim.trainer.tiny import tiny_math

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from gradatim import s3
+from gradatim.storage import s3
+from gradatim.storage.runfiles import read_run_files
 from gradatim.api.runfiles import TERMINATION_LOG_ENV, TrainerError
 from tests.trainer_harness import run_trainer, stage_spec
 
@@ -31,7 +32,7 @@ def test_a_bad_input_fails_with_one_line_in_error_json_and_the_termination_messa
     result = run_trainer(cluster, spec, tmp_path, timeout=300, env={TERMINATION_LOG_ENV: str(termination_log)})
     log = result.stdout + result.stderr
     assert result.returncode != 0, log[-3000:]
-    record = s3.read_error(cluster.s3_client(), spec.output.uri)
+    record = read_run_files(cluster.s3_client(), spec.output.uri, results=False, progress=False, error=True).error
     assert record is not None and record.message == expected, log[-3000:]
     assert record.attempt == spec.attempt and record.rank == 0 and record.exit_code == 1
     assert TrainerError.model_validate_json(termination_log.read_text()) == record

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.trainer.artifacts import download_dir
 from gradatim.trainer.rewards import is_correct
 from gradatim.trainer.stages.eval import summarize

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.api.hyperparams import GenerateParams, PassRateBand
 from gradatim.trainer.artifacts import download_dir
 from gradatim.trainer.generation import Completion

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradatim import s3
+from gradatim.storage import s3
 from tests.trainer_harness import run_trainer, stage_spec
 
 

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.api.resolved import ResolvedSource
 from gradatim.local.jobrunner import free_port
-from gradatim.s3 import S3Location
+from gradatim.storage.s3 import S3Location
 from gradatim.trainer.artifacts import MANIFEST, read_manifest
 from gradatim.trainer.runtime import Runtime
 from gradatim.trainer.sources import load_model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.trainer.artifacts import download_dir
 from tests.trainer_harness import REPO, run_trainer, stage_spec
 

@@ -58,13 +58,11 @@ class ResolvedInputs(Model):
     eval_data: list[ResolvedSource] = Field(default_factory=list)
 
 
-RESULTS_FILE = "results.json"  # under OutputLocation.uri: the finished run's headline metrics
-PROGRESS_FILE = "progress.json"  # under OutputLocation.uri: the running attempt's step, loss or reward, ETA
 
 
 class OutputLocation(Model):
     uri: str
-    """Prefix every output of this run goes under: `<uri><output name>/`, plus RESULTS_FILE and PROGRESS_FILE."""
+    """Prefix every output of this run goes under: `<uri><output name>/`, plus the run files (gradatim.api.runfiles)."""
     checkpoint_uri: str
     """Where resumable checkpoints go; the same for every attempt of the run, so a retry resumes."""
     checkpoint_interval: int | None = None

@@ -1,13 +1,57 @@
-"""Files a trainer attempt leaves for the operator, beside RESULTS_FILE and PROGRESS_FILE: the record of why it
-failed. The trainer writes it through this type and the planner reads it through the same one."""
+"""Files a trainer attempt leaves for the operator under its output URI: `progress.json` while it runs,
+`results.json` when it finished, `error.json` when it failed. The trainer writes them through these types and the
+planner reads them through the same ones."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from gradatim.api.base import Model
+
+RESULTS_FILE = "results.json"  # under OutputLocation.uri: the finished run's headline metrics; written last
+PROGRESS_FILE = "progress.json"  # under OutputLocation.uri: the running attempt's step, loss or reward, ETA
+
+
+class RunFile(Model):
+    # Read back by an operator that may be older or newer than the trainer that wrote the file: fields it does not
+    # know are ignored rather than refused.
+    model_config = ConfigDict(extra="ignore")
+
+
+class RunProgress(RunFile):
+    """How far a running attempt has got (progress.json, rewritten every few seconds)."""
+
+    step: int = 0
+    total_steps: int = 0
+    eta_seconds: float | None = None
+    checkpoint_uri: str | None = None
+    """Where the attempt's resumable checkpoints go."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """The step's gauges: loss, learning_rate, reward_mean, tokens_per_second, ..."""
+    activity: str | None = None
+    """Work before the stage's own steps, such as training the builtin tiny-teacher."""
+
+
+class RunResults(RunFile):
+    """A finished run (results.json). Its presence under the stage's cache key is what marks the run complete."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Headline metrics: loss, pass@1, reward, acceptance rate; what a quality gate may name."""
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Output name → URI (`model`, `traces`, ...), for the stages downstream."""
+    duration_seconds: float | None = None
+    attempt: int | None = None
+    cache_key: str | None = None
+    history: list[dict[str, float]] = Field(default_factory=list)
+    """Per logged step: loss, learning rate, throughput, ... for the report's curves."""
+    reward_history: list[dict[str, float]] = Field(default_factory=list)
+    """grpo: per logged step, the reward parts and completion lengths."""
+    sharding: list[dict[str, Any]] = Field(default_factory=list)
+    """Training types: what each rank held of the model (how it was sharded)."""
+    engine: str | None = None
+    """The generation engine that ran: hf, vllm or endpoint."""
 
 ERROR_FILE = "error.json"  # under OutputLocation.uri: why the last failed attempt failed (rank 0 writes it)
 # Where a container's termination message goes; the kubelet reads it into the pod's terminated state.

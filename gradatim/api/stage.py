@@ -222,6 +222,10 @@ class Progress(Model):
     """Estimated seconds left."""
     text: str = Field(default="", max_length=64)
     """`step/total` for `kubectl get`, after the activity when the trainer names one (`training tiny-teacher 40/1800`)."""
+    loss: float | None = None
+    """The last reported training loss of the running attempt."""
+    reward_mean: float | None = None
+    """grpo: the last reported mean reward of the running attempt."""
 
 
 class GateResult(Model):

@@ -1,6 +1,6 @@
 """`gradatim run DIR`: a recipe's TrainingPipeline and TrainingStages run on this machine, without Kubernetes.
 
-The same YAML (`load_recipe`), the same planner (`LocalReconciler` around `plan_stage`), each attempt the same
+The same YAML (`load_recipe`), the same shell and planner (`LocalRun`: gradatim/reconcile/shell.py over memory), each attempt the same
 rendered PyTorchJob run as local `torchrun` processes (the job runner's `JobProcesses`), the same cache keys
 and S3 layout (`AWS_*` from the environment, or a SeaweedFS of its own), the same live view and the same report.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gradatim.cluster.errors import ClusterError
 from gradatim.cluster.progress import ConsoleProgress
-from gradatim.local.reconciler import FINISHED, STATUS_FILE, LocalJobs, LocalReconciler
+from gradatim.local.world import FINISHED, STATUS_FILE, LocalJobs, LocalRun
 from gradatim.local.recipe import Recipe, RecipeError, load_recipe
 from gradatim.local.storage import Storage, StorageError, run_storage
 from gradatim.view import clock, follow, stage_views
@@ -86,15 +86,15 @@ def run_pipeline(recipe: Recipe, storage: Storage, state: Path, parallel: int) -
     recipe = _with_endpoint(recipe, storage)
     ref = recipe.pipeline.spec.storage.secret_ref
     jobs = LocalJobs(state / "jobs", {ref.name: storage.secret_data(recipe.pipeline)}, parallel)
-    reconciler = LocalReconciler(recipe, storage.quick_client(), jobs, state)
+    pipeline_run = LocalRun(recipe, storage.quick_client(), jobs, state)
     _print_header(recipe, storage, state, jobs)
 
     def poll() -> tuple[str | None, list]:
-        reconciler.step(datetime.now(timezone.utc))
-        phase = reconciler.phase
-        if reconciler.settled() and phase not in FINISHED:
+        pipeline_run.step(datetime.now(timezone.utc))
+        phase = pipeline_run.phase
+        if pipeline_run.settled() and phase not in FINISHED:
             phase = "Failed"  # blocked or suspended with nothing left to run: locally, only an edit changes that
-        return phase, stage_views(list(reconciler.stages.values()), reconciler.live)
+        return phase, stage_views(list(pipeline_run.stages.values()))
 
     started = time.monotonic()
     try:
@@ -103,12 +103,12 @@ def run_pipeline(recipe: Recipe, storage: Storage, state: Path, parallel: int) -
         if jobs.running():
             log.info("Stopped %d running job(s): the run ended", jobs.running())
         jobs.stop_all()
-        reconciler.save()
-    _print_summary(reconciler, jobs, time.monotonic() - started)
-    print(f"Report:       {write_report(reconciler, storage, state / 'report')}")
+        pipeline_run.save()
+    _print_summary(pipeline_run, jobs, time.monotonic() - started)
+    print(f"Report:       {write_report(pipeline_run, storage, state / 'report')}")
     print(f"Status:       {state / STATUS_FILE}")
     print(f"Trainer logs: {jobs.processes.workdir / recipe.namespace}")
-    return 0 if reconciler.phase == "Succeeded" else 1
+    return 0 if pipeline_run.phase == "Succeeded" else 1
 
 
 def _print_header(recipe: Recipe, storage: Storage, state: Path, jobs: LocalJobs) -> None:
@@ -120,19 +120,19 @@ def _print_header(recipe: Recipe, storage: Storage, state: Path, jobs: LocalJobs
           f"  trainer logs: {jobs.processes.workdir}/{ns}/<job>/<replica>/container.log", flush=True)
 
 
-def _print_summary(reconciler: LocalReconciler, jobs: LocalJobs, seconds: float) -> None:
+def _print_summary(pipeline_run: LocalRun, jobs: LocalJobs, seconds: float) -> None:
     """The pipeline's phase, and for each stage that did not get through, why and where its logs are."""
-    status = reconciler.pipeline.status
-    print(f"\nPipeline {reconciler.namespace}/{reconciler.name}: {status.phase} ({status.progress} stages done) in {clock(seconds)}")
-    for name in reconciler.order:
-        st = reconciler.stages[name].status
+    status = pipeline_run.pipeline.status
+    print(f"\nPipeline {pipeline_run.namespace}/{pipeline_run.name}: {status.phase} ({status.progress} stages done) in {clock(seconds)}")
+    for name in pipeline_run.order:
+        st = pipeline_run.stages[name].status
         if st and st.phase in ("Failed", "Invalid", "Blocked", "Suspended"):
             why = next((c.message for c in st.conditions if c.type == "Ready"), "")  # Ready carries the message in every phase
             logs = jobs.logs(st.job_name) if st.job_name else None
             print(f"  {name}: {st.phase}: {why}" + (f" (logs: {logs})" if logs else ""))
 
 
-def write_report(reconciler: LocalReconciler, storage: Storage, out: Path) -> str:
+def write_report(pipeline_run: LocalRun, storage: Storage, out: Path) -> str:
     """The report, as `gradatim report` builds it, from the stages in memory; published where that command
     publishes it. Without a timestamp, so a re-run that changed nothing gives the same page. Returns where it is."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -141,13 +141,13 @@ def write_report(reconciler: LocalReconciler, storage: Storage, out: Path) -> st
     from gradatim.report.collect import NOTES_ANNOTATION, ReportError, publish, report_uri, results_reader
     from gradatim.report.render import render_html
 
-    pipeline, ns = reconciler.pipeline, reconciler.namespace
+    pipeline, ns = pipeline_run.pipeline, pipeline_run.namespace
     try:
-        records = records_from(list(reconciler.stages.values()), results_reader(storage.client(), pipeline, ns))
+        records = records_from(list(pipeline_run.stages.values()), results_reader(storage.client(), pipeline, ns))
     except ReportError as err:
         return f"not written: {err}"
     notes = (pipeline.metadata.get("annotations") or {}).get(NOTES_ANNOTATION, "")
-    page = render_html(build_report(ns, reconciler.name, records, notes=notes), out)
+    page = render_html(build_report(ns, pipeline_run.name, records, notes=notes), out)
     uri = report_uri(pipeline, ns)
     try:
         return f"{page}\n              {publish(storage.client(), page.parent, uri)}"

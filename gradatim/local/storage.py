@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.api import TrainingPipeline
 from gradatim.cluster import components, health
 from gradatim.cluster.controlplane import COMPONENT_PORTS, STOP_GRACE_SECONDS, START_TIMEOUT_SECONDS, write_private

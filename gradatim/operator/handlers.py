@@ -1,8 +1,9 @@
-"""kopf handlers: watch events become work-queue keys; the reconciler does the rest.
+"""kopf handlers: watch events feed the watch cache and become work-queue keys; the worker does the rest.
 
-Only low-level event handlers are used, so kopf keeps no progress annotations and adds no finalizers:
-deleting a stage or pipeline never waits for the operator, and owner references let the garbage collector
-remove the jobs and ConfigMaps.
+The cache is filled by index handlers, because kopf fills every index before it calls any other handler: no
+reconcile runs on a half-listed cluster (a stage whose siblings were not listed yet would look blocked).
+Only low-level handlers are used, so kopf keeps no progress annotations and adds no finalizers: deleting a stage or
+pipeline never waits for the operator, and owner references let the garbage collector remove jobs and ConfigMaps.
 """
 
 from __future__ import annotations
@@ -12,104 +13,169 @@ import logging
 import os
 
 import kopf
-from kubernetes import config
+from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from gradatim.api import GROUP, VERSION
+from gradatim.operator import kube
 from gradatim.operator.metrics import OperatorMetrics
-from gradatim.operator.reconciler import Key, Reconciler
+from gradatim.operator.worker import Worker
+from gradatim.operator.world import KubeWorld, WatchCache
+from gradatim.planner.stage import STORAGE_PATIENCE_SECONDS
+from gradatim.reconcile.shell import Key
 
 log = logging.getLogger("gradatim.operator")
 
 WORKERS = int(os.environ.get("GRADATIM_OPERATOR_WORKERS", "4"))
 RESYNC_SECONDS = float(os.environ.get("GRADATIM_OPERATOR_RESYNC_SECONDS", "30"))
+RELIST_SECONDS = float(os.environ.get("GRADATIM_OPERATOR_RELIST_SECONDS", "600"))
 METRICS_PORT = int(os.environ.get("GRADATIM_OPERATOR_METRICS_PORT", "8080"))
+STORAGE_PATIENCE = float(os.environ.get("GRADATIM_STORAGE_PATIENCE_SECONDS", STORAGE_PATIENCE_SECONDS))
+MANAGED = {"app.kubernetes.io/managed-by": "gradatim"}
 
 
 def watched_namespaces() -> list[str]:
-    """The namespaces `gradatim operator -n` watches (empty: all); the resync lists only these. Read when used:
-    the CLI imports this module before it parses `-n` and sets the variable."""
+    """The namespaces `gradatim operator -n` watches (empty: all). Read when used: the CLI imports this module
+    before it parses `-n` and sets the variable."""
     return [n for n in os.environ.get("GRADATIM_OPERATOR_NAMESPACES", "").split(",") if n]
 
-_reconciler: Reconciler | None = None  # set at startup; the only process-wide handle, for the handlers below
+
+cache = WatchCache()  # filled by the index handlers below from kopf's watches
+_indexed = False  # set by the first event handler call: kopf calls none before every index is filled
+_worker: Worker | None = None  # set at startup; the only process-wide handle, for the handlers below
 
 
-def reconciler() -> Reconciler:
-    if _reconciler is None:
+def worker() -> Worker:
+    if _worker is None:
         raise kopf.TemporaryError("operator still starting", delay=1)
-    return _reconciler
+    return _worker
 
 
-def _api_client():
+def _api_client() -> client.ApiClient:
     kubeconfig = os.environ.get("KUBECONFIG")
     if kubeconfig:
         return config.new_client_from_config(config_file=kubeconfig)
     config.load_incluster_config()
-    from kubernetes import client
-
     return client.ApiClient()
 
 
 @kopf.on.startup()
 async def on_startup(settings: kopf.OperatorSettings, **_) -> None:
-    global _reconciler
+    global _worker
     settings.posting.enabled = False  # we post our own Events, one per transition
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    _reconciler = Reconciler(_api_client(), OperatorMetrics())
+    _worker = Worker(KubeWorld(_api_client(), cache), OperatorMetrics(), STORAGE_PATIENCE)
     if METRICS_PORT:
         start_http_server(METRICS_PORT)
         log.info("Serving metrics on :%d/metrics", METRICS_PORT)
     for _ in range(WORKERS):
-        asyncio.create_task(_reconciler.run_worker())
+        asyncio.create_task(_worker.run())
     asyncio.create_task(_resync())
+    asyncio.create_task(_relist())
 
 
 async def _resync() -> None:
-    """Level-based safety net: every stage and pipeline is looked at again now and then."""
+    """Level-based safety net: every stage and pipeline in the cache is looked at again now and then."""
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
-            r = reconciler()
-            await asyncio.to_thread(r.resync, watched_namespaces())
+            if _indexed:  # before that, the cache may hold part of a pipeline
+                worker().resync()
         except Exception as err:
             log.warning("Resync failed: %s", err)
 
 
+async def _relist() -> None:
+    """Now and then, the cache is checked against a LIST of the watched namespaces: an object deleted while a watch
+    was broken gets no event (kopf re-lists what exists, not what went)."""
+    while True:
+        await asyncio.sleep(RELIST_SECONDS)
+        try:
+            await asyncio.to_thread(_drop_vanished, worker().world.api, watched_namespaces())
+        except Exception as err:
+            log.warning("Relist failed: %s", err)
+
+
+def _drop_vanished(api: client.ApiClient, namespaces: list[str]) -> None:
+    custom = client.CustomObjectsApi(api)
+    scopes = namespaces or [None]
+    for group, version, plural, drop in ((GROUP, VERSION, kube.STAGES, cache.drop_stage), (GROUP, VERSION, kube.PIPELINES, cache.drop_pipeline),
+                                         (kube.KF_GROUP, kube.KF_VERSION, kube.PYTORCHJOBS, cache.drop_job)):
+        live = set()
+        for ns in scopes:
+            listed = (custom.list_namespaced_custom_object(group, version, ns, plural) if ns
+                      else custom.list_cluster_custom_object(group, version, plural))
+            live |= {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in listed["items"]}
+        for key in cache.keys(plural) - live:
+            log.info("Dropped %s %s/%s from the cache: deleted while a watch was broken", plural, *key)
+            drop(*key)
+
+
 @kopf.on.probe(id="queue")
 def probe_queue(**_) -> int:
-    return len(reconciler().queue)
+    return len(worker().queue)
 
 
-@kopf.index("gradatim.io", "v1alpha1", "trainingstages")
-def stages_by_pipeline(namespace: str, name: str, spec: kopf.Spec, **_):
-    """Stage names by (namespace, pipeline), so an event can reach a stage's siblings without a list call."""
+# -- the cache: index handlers run on every change, before any event handler is called -------------------------
+
+@kopf.index(GROUP, VERSION, "trainingstages")
+def stages_by_pipeline(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, **_):
+    """Stage names by (namespace, pipeline); feeds the cache with the stage."""
+    cache.put_stage(body)
     return {(namespace, spec.get("pipeline", "")): name}
 
 
-@kopf.on.event("gradatim.io", "v1alpha1", "trainingstages")
+@kopf.index(GROUP, VERSION, "trainingpipelines")
+def pipelines(namespace: str, name: str, body: kopf.Body, **_):
+    cache.put_pipeline(body)
+    return {namespace: name}
+
+
+@kopf.index("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
+def jobs_by_stage(namespace: str, name: str, body: kopf.Body, labels: kopf.Labels, **_):
+    cache.put_job(body)
+    return {(namespace, labels.get("gradatim.io/stage", "")): name}
+
+
+# -- events: keys on the queue -----------------------------------------------------------------------------
+
+def _mark_indexed() -> None:
+    global _indexed
+    _indexed = True
+
+
+@kopf.on.event(GROUP, VERSION, "trainingstages")
 def on_event_trainingstage(type: str, body: kopf.Body, stages_by_pipeline: kopf.Index, **_) -> None:
-    ns, name = body.metadata.namespace, body.metadata.name
-    r = reconciler()
-    r.queue.add(Key("stage", ns, name))
-    r.queue.add(Key("pipeline", ns, body.spec.get("pipeline", "")))
+    _mark_indexed()
+    ns, name, pipeline = body.metadata.namespace, body.metadata.name, body.spec.get("pipeline", "")
+    if type == "DELETED":
+        cache.drop_stage(ns, name)
+    w = worker()
+    w.queue.add(Key("stage", ns, name))
+    w.queue.add(Key("pipeline", ns, pipeline))
     if type in (None, "ADDED", "DELETED"):  # a stage appearing or going changes its siblings' graph
-        for sibling in stages_by_pipeline.get((ns, body.spec.get("pipeline", "")), []):
-            r.queue.add(Key("stage", ns, sibling))
+        for sibling in stages_by_pipeline.get((ns, pipeline), []):
+            w.queue.add(Key("stage", ns, sibling))
 
 
-@kopf.on.event("gradatim.io", "v1alpha1", "trainingpipelines")
-def on_event_trainingpipeline(body: kopf.Body, stages_by_pipeline: kopf.Index, **_) -> None:
+@kopf.on.event(GROUP, VERSION, "trainingpipelines")
+def on_event_trainingpipeline(type: str, body: kopf.Body, stages_by_pipeline: kopf.Index, **_) -> None:
+    _mark_indexed()
     ns, name = body.metadata.namespace, body.metadata.name
-    r = reconciler()
-    r.queue.add(Key("pipeline", ns, name))
+    if type == "DELETED":
+        cache.drop_pipeline(ns, name)
+    w = worker()
+    w.queue.add(Key("pipeline", ns, name))
     for stage in stages_by_pipeline.get((ns, name), []):
-        r.queue.add(Key("stage", ns, stage))
+        w.queue.add(Key("stage", ns, stage))
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={"app.kubernetes.io/managed-by": "gradatim"})
-def on_event_pytorchjob(body: kopf.Body, **_) -> None:
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
+def on_event_pytorchjob(type: str, body: kopf.Body, **_) -> None:
+    _mark_indexed()
+    if type == "DELETED":
+        cache.drop_job(body.metadata.namespace, body.metadata.name)
     stage = body.metadata.labels.get("gradatim.io/stage")
     if stage:
-        reconciler().queue.add(Key("stage", body.metadata.namespace, stage))
-
-
+        worker().queue.add(Key("stage", body.metadata.namespace, stage))

@@ -95,8 +95,8 @@ def create_or_adopt_job(api: client.ApiClient, job: dict[str, Any], configmap: d
     return existing, False
 
 
-def set_job_suspended(api: client.ApiClient, namespace: str, name: str, suspended: bool) -> None:
-    _custom(api).patch_namespaced_custom_object(KF_GROUP, KF_VERSION, namespace, PYTORCHJOBS, name, {"spec": {"runPolicy": {"suspend": suspended}}})
+def set_job_suspended(api: client.ApiClient, namespace: str, name: str, suspended: bool) -> dict[str, Any]:
+    return _custom(api).patch_namespaced_custom_object(KF_GROUP, KF_VERSION, namespace, PYTORCHJOBS, name, {"spec": {"runPolicy": {"suspend": suspended}}})
 
 
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
@@ -107,9 +107,10 @@ def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
             raise
 
 
-def replace_status(api: client.ApiClient, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Writes the whole status (a JSON patch, so stale map keys and list items do not survive a merge)."""
-    _custom(api).patch_namespaced_custom_object_status(
+def replace_status(api: client.ApiClient, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Writes the whole status (a JSON patch, so stale map keys and list items do not survive a merge); returns
+    the object as the API server now holds it."""
+    return _custom(api).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, plural, name, [{"op": "add", "path": "/status", "value": status}],
         _content_type="application/json-patch+json",
     )
@@ -131,14 +132,15 @@ def post_event(api: client.ApiClient, body: dict[str, Any], type_: str, reason: 
     client.CoreV1Api(api).create_namespaced_event(meta["namespace"], event)
 
 
-def ensure_owned_by_pipeline(api: client.ApiClient, stage: dict[str, Any], pipeline: dict[str, Any]) -> None:
-    """Makes the pipeline an owner of the stage, so deleting the pipeline deletes its stages (and their jobs)."""
+def ensure_owned_by_pipeline(api: client.ApiClient, stage: dict[str, Any], pipeline: dict[str, Any]) -> dict[str, Any] | None:
+    """Makes the pipeline an owner of the stage, so deleting the pipeline deletes its stages (and their jobs).
+    Returns the patched stage; None when it was owned already."""
     refs = stage["metadata"].get("ownerReferences") or []
     uid = pipeline["metadata"]["uid"]
     if any(r.get("uid") == uid for r in refs):
-        return
+        return None
     ref = {"apiVersion": pipeline["apiVersion"], "kind": "TrainingPipeline", "name": pipeline["metadata"]["name"], "uid": uid}
-    _custom(api).patch_namespaced_custom_object(
+    return _custom(api).patch_namespaced_custom_object(
         GROUP, VERSION, stage["metadata"]["namespace"], STAGES, stage["metadata"]["name"],
         {"metadata": {"ownerReferences": [*refs, ref], "resourceVersion": stage["metadata"]["resourceVersion"]}},
     )

@@ -46,11 +46,25 @@ def stage_list(parts: list[str]) -> str:
     return "; ".join(out)
 
 
-def plan_pipeline(pipeline: TrainingPipeline, stages: Mapping[str, TrainingStage], now: datetime) -> TrainingPipelineStatus:
+def _phase(stage: TrainingStage, key: str | None) -> str:
+    """The stage's phase, as far as the pipeline is concerned: done under an old content key (an upstream spec
+    changed and the stage was not reconciled since) is not done."""
+    st = stage.status
+    if st is None or st.phase is None:
+        return "Pending"
+    if st.phase in ("Succeeded", "Cached") and key is not None and st.cache_key != key:
+        return "Pending"
+    return st.phase
+
+
+def plan_pipeline(pipeline: TrainingPipeline, stages: Mapping[str, TrainingStage], now: datetime, keys: Mapping[str, str] | None = None) -> TrainingPipelineStatus:
+    """The pipeline's status from its stages'; with `keys` (the stages' content keys), a stage done under an old
+    key counts as pending."""
     previous = pipeline.status or TrainingPipelineStatus()
     generation = pipeline.metadata.get("generation")
     order = topological_order(stages)
-    phases = {n: (stages[n].status.phase if stages[n].status and stages[n].status.phase else "Pending") for n in order}
+    keys = keys or {}
+    phases = {n: _phase(stages[n], keys.get(n)) for n in order}
     done = [n for n, p in phases.items() if p in ("Succeeded", "Cached")]
     running = [n for n, p in phases.items() if p in ("Running", "Retrying")]
     failed = [n for n, p in phases.items() if p in ("Failed", "Invalid")]

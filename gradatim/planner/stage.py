@@ -1,5 +1,9 @@
 """What to do about one TrainingStage: a pure function of the stage, its pipeline, its siblings, its current
-job, what S3 holds under its key, and the time. The operator and local mode both act on the plan it returns."""
+job, what S3 holds under its key, and the time. The operator and local mode both act on the plan it returns,
+through the one shell (gradatim/reconcile/shell.py); `reads_for` tells that shell what to look at first.
+
+`plan_stage` runs named steps in order (references, graph, content, storage, results, dependencies, the job,
+the next attempt); the first to settle the phase ends the plan."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from gradatim.api.pipeline import TrainingPipeline
-from gradatim.api.runfiles import TrainerError, memory_knobs
+from gradatim.api.base import Condition
+from gradatim.api.runfiles import RunProgress, RunResults, TrainerError, memory_knobs
 from gradatim.api.stage import GateResult, Progress, TrainingStage, TrainingStageStatus
-from gradatim.planner.conditions import conditions_for
+from gradatim.planner.conditions import condition, conditions_for
 from gradatim.planner.graph import cache_keys, on_cycle
 from gradatim.planner.jobs import JobState, job_state
+from gradatim.planner.observe import Reads, StorageFault, is_settled, reads_for
 from gradatim.planner.render import (
     KEY_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -30,6 +36,11 @@ from gradatim.planner.render import (
 )
 
 MAX_BACKOFF_SECONDS = 3600
+# A stage whose S3 reads fail for a reason that may pass keeps its phase this long before it is Blocked: long
+# enough for an S3 restart or failover, short enough that a real outage shows (kstatus: Stalled).
+STORAGE_PATIENCE_SECONDS = 300.0
+STORAGE_RETRY_SECONDS = 5.0
+STORAGE_CONDITION = "StorageAvailable"  # False while S3 reads fail; its lastTransitionTime is when they began to
 TORCHRUN_SIGKILL = re.compile(r"exitcode\s*:\s*-9\b")  # a worker's line in torchrun's ChildFailedError summary
 
 
@@ -41,12 +52,15 @@ class Observed:
     pipeline: TrainingPipeline | None
     siblings: Mapping[str, TrainingStage]  # every stage of the pipeline, this one included
     job: dict[str, Any] | None  # the PyTorchJob named in status.jobName; with none named, the next attempt's, if it exists
-    results: dict[str, Any] | None  # results.json under the stage's current key, when a run finished
-    progress: dict[str, Any] | None  # progress.json of the running attempt, when the trainer wrote one
+    results: RunResults | None  # results.json under the stage's current key, when a run finished
+    progress: RunProgress | None  # progress.json of the running attempt, when the trainer wrote one
     now: datetime
-    problems: tuple[str, ...] = ()  # bad references the shell found (missing Secret, unreachable S3), naming the field
+    problems: tuple[str, ...] = ()  # bad references the shell found (a missing Secret), naming the field
     error: TrainerError | None = None  # error.json under the stage's current key: why an attempt failed, if one did
     pods: tuple[dict[str, Any], ...] = ()  # the current job's pods, once it failed: their containers' exit codes
+    keys: Mapping[str, str] | None = None  # the siblings' content keys, when the shell has them already
+    storage_fault: StorageFault | None = None  # the S3 reads failed (what reads_for asked for)
+    storage_patience_seconds: float = STORAGE_PATIENCE_SECONDS  # how long a transient fault is waited out
 
 
 @dataclass(frozen=True)
@@ -130,57 +144,98 @@ def evaluate_gate(stage: TrainingStage, metrics: Mapping[str, float]) -> GateRes
     return GateResult(passed=passed, value=value, message=f"{gate.metric} = {value:.6g}, needs {gate.comparison} {gate.threshold:g}")
 
 
-def _progress(progress: Mapping[str, Any] | None) -> Progress | None:
-    if not progress:
+def _progress(progress: RunProgress | None) -> Progress | None:
+    if progress is None:
         return None
-    step, total = int(progress.get("step", 0)), int(progress.get("totalSteps", 0))
-    eta = progress.get("etaSeconds")
+    step, total, eta = progress.step, progress.total_steps, progress.eta_seconds
     text = f"{step}/{total}" if total else str(step)
-    if progress.get("activity"):  # work before the stage's own steps, such as training the builtin tiny-teacher
-        text = f"{str(progress['activity'])[:40]} {text}"
+    if progress.activity:  # work before the stage's own steps, such as training the builtin tiny-teacher
+        text = f"{progress.activity[:40]} {text}"
     return Progress(
         step=step, total_steps=total, percent=min(100, int(100 * step / total)) if total else 0,
         eta_seconds=int(eta) if eta is not None else None, text=text,
+        loss=progress.metrics.get("loss"), reward_mean=progress.metrics.get("reward_mean"),
     )
 
 
-def plan_stage(o: Observed) -> Plan:
-    stage, now = o.stage, o.now
-    name, generation = stage.metadata["name"], stage.metadata.get("generation")
-    previous = stage.status or TrainingStageStatus()
-    status = previous.model_copy(deep=True)
-    status.observed_generation = generation
-    plan = Plan(status=status)
+class _Planning:
+    """The status being built for one stage, and `finish`, which settles its phase, conditions and event."""
 
-    def finish(phase: str, reason: str, message: str) -> Plan:
+    def __init__(self, o: Observed) -> None:
+        self.o = o
+        self.previous = o.stage.status or TrainingStageStatus()
+        self.status = self.previous.model_copy(deep=True)
+        self.generation = o.stage.metadata.get("generation")
+        self.status.observed_generation = self.generation
+        self.plan = Plan(status=self.status)
+        self.extra_conditions: list[Condition] = []
+
+    def finish(self, phase: str, reason: str, message: str) -> Plan:
+        status, previous = self.status, self.previous
         status.phase = phase
-        status.conditions = conditions_for(phase, reason, message, generation, now, previous.conditions)
-        plan.reason, plan.message = reason, message
+        status.conditions = conditions_for(phase, reason, message, self.generation, self.o.now, previous.conditions) + self.extra_conditions
+        self.plan.reason, self.plan.message = reason, message
         if previous.phase != phase:
             warn = phase in ("Failed", "Invalid", "Blocked") or reason == "BackingOff"  # a failed attempt warns, retried or not
-            plan.events.append(Event("Warning" if warn else "Normal", reason, message))
-        return plan
+            self.plan.events.append(Event("Warning" if warn else "Normal", reason, message))
+        return self.plan
 
-    if o.problems:
-        return finish("Invalid", "InvalidReference", "; ".join(o.problems))
+
+def plan_stage(o: Observed) -> Plan:
+    """The steps in order; the first that settles the stage's phase ends the plan."""
+    p = _Planning(o)
+    plan = check_references(p) or check_graph(p)
+    if plan is not None:
+        return plan
+    keys = o.keys if o.keys is not None else cache_keys(o.siblings, o.pipeline.spec.image)
+    key = keys.get(o.stage.metadata["name"])
+    if key is None:
+        return p.finish("Blocked", "DependencyCycle", "spec.dependsOn: an upstream stage lies on a dependency cycle")
+    job = track_content(p, key)
+    return (
+        keep_settled(p, key)
+        or wait_for_storage(p)
+        or record_results(p, job, key)
+        or wait_for_dependencies(p, job, keys)
+        or follow_job(p, job)
+        or start_attempt(p, key)
+    )
+
+
+def check_references(p: _Planning) -> Plan | None:
+    """Bad references the shell found (missing Secret, wrong bucket, refused credentials): the user must fix them."""
+    o = p.o
+    problems = list(o.problems)
+    if o.storage_fault is not None and not o.storage_fault.transient:
+        problems.append(o.storage_fault.message)
+    if problems:
+        return p.finish("Invalid", "InvalidReference", "; ".join(problems))
+    return None
+
+
+def check_graph(p: _Planning) -> Plan | None:
+    """The pipeline exists and the stage's place in its graph is sound: dependencies exist, no cycle, inputs fit."""
+    o, stage = p.o, p.o.stage
+    name = stage.metadata["name"]
     if o.pipeline is None:
-        return finish("Blocked", "PipelineNotFound", f"spec.pipeline: TrainingPipeline {stage.spec.pipeline!r} not found in namespace {stage.metadata.get('namespace')}; create it")
+        return p.finish("Blocked", "PipelineNotFound", f"spec.pipeline: TrainingPipeline {stage.spec.pipeline!r} not found in namespace {stage.metadata.get('namespace')}; create it")
     missing = [d for d in stage.spec.depends_on if d not in o.siblings]
     if missing:
-        return finish("Blocked", "DependencyNotFound", f"spec.dependsOn: no stage {', '.join(missing)} in pipeline {stage.spec.pipeline}")
+        return p.finish("Blocked", "DependencyNotFound", f"spec.dependsOn: no stage {', '.join(missing)} in pipeline {stage.spec.pipeline}")
     if cycle := on_cycle(name, o.siblings):
-        return finish("Blocked", "DependencyCycle", f"spec.dependsOn: dependency cycle {' -> '.join(cycle)}")
+        return p.finish("Blocked", "DependencyCycle", f"spec.dependsOn: dependency cycle {' -> '.join(cycle)}")
     if unfit := unfit_inputs(stage, {n: s.spec.type for n, s in o.siblings.items()}):
-        return finish("Invalid", "InvalidInput", "; ".join(unfit))
+        return p.finish("Invalid", "InvalidInput", "; ".join(unfit))
+    return None
 
-    keys = cache_keys(o.siblings, o.pipeline.spec.image)
-    key = keys.get(name)
-    if key is None:
-        return finish("Blocked", "DependencyCycle", "spec.dependsOn: an upstream stage lies on a dependency cycle")
 
-    if status.cache_key != key:  # new content: a fresh run, and any job of the old one is obsolete
+def track_content(p: _Planning, key: str) -> dict[str, Any] | None:
+    """The job of the run for this content key, if any. New content starts a fresh run (any job of the old one is
+    obsolete); a job created before a restart lost the status write is adopted as the attempt it is."""
+    o, status, name = p.o, p.status, p.o.stage.metadata["name"]
+    if status.cache_key != key:
         if status.job_name and o.job is not None and job_state(o.job) in (JobState.RUNNING, JobState.PENDING, JobState.SUSPENDED):
-            plan.actions.append(DeleteJob(status.job_name, "the stage's spec changed"))
+            p.plan.actions.append(DeleteJob(status.job_name, "the stage's spec changed"))
         status.cache_key, status.job_name, status.retries = key, None, 0
         status.metrics, status.outputs, status.gate, status.progress = {}, {}, None, None
         status.checkpoint_uri, status.next_retry_time, status.completion_time = None, None, None
@@ -188,95 +243,141 @@ def plan_stage(o: Observed) -> Plan:
     else:
         job = o.job if status.job_name else None
     if status.job_name is None and o.job is not None and _is_next_attempt(o.job, name, status.attempt + 1, key):
-        # Created before a restart lost the status write: adopt it as the attempt it is, rather than start it
-        # again (AlreadyExists) or, once it has finished, mistake its results for a cache hit.
+        # Adopted rather than started again (AlreadyExists) or, once finished, mistaken for a cache hit.
         status.attempt += 1
         status.job_name = o.job["metadata"]["name"]
-        status.start_time = status.start_time or now
+        status.start_time = status.start_time or o.now
         job = o.job
+    return job
 
-    # A finished run under this key: the trainer's results are the record, whatever became of the job.
-    if o.results is not None and (job is None or job_state(job) in (JobState.SUCCEEDED, JobState.FAILED)):
-        status.metrics = {k: float(v) for k, v in (o.results.get("metrics") or {}).items() if isinstance(v, (int, float))}
-        status.outputs = dict(o.results.get("outputs") or {})
-        status.gate = evaluate_gate(stage, status.metrics)
-        status.completion_time = status.completion_time or now
-        status.next_retry_time = None
-        last = _progress(o.progress) or status.progress
-        if last is not None:
-            total = last.total_steps or last.step
-            status.progress = Progress(step=total, total_steps=total, percent=100, eta_seconds=0, text=f"{total}/{total}")
-        if status.gate is not None and not status.gate.passed:
-            return finish("Failed", "QualityGateFailed", f"spec.qualityGate: {status.gate.message}")
-        if status.job_name is None:
-            return finish("Cached", "CacheHit", f"outputs for cache key {key} already exist")
-        return finish("Succeeded", "JobSucceeded", f"job {status.job_name} succeeded")
 
-    deps = [o.siblings[d] for d in stage.spec.depends_on]
+def keep_settled(p: _Planning, key: str) -> Plan | None:
+    """A stage finished for this spec and key keeps its status: `reads_for` read nothing for it."""
+    if not is_settled(p.o.stage, key):
+        return None
+    ready = next((c for c in p.previous.conditions if c.type == "Ready"), None)
+    return p.finish(p.previous.phase, ready.reason if ready else p.previous.phase, ready.message if ready else "")
+
+
+def wait_for_storage(p: _Planning) -> Plan | None:
+    """S3 could not be read for a reason that may pass (unreachable, timeouts, 5xx): the stage keeps its phase and
+    says what is retried; only after `storage_patience_seconds` of it is the stage Blocked (kstatus: Stalled)."""
+    o, previous = p.o, p.previous
+    fault = o.storage_fault
+    if fault is None:
+        return None
+    since = next((c.last_transition_time for c in previous.conditions if c.type == STORAGE_CONDITION and c.status == "False"), None) or o.now
+    waited = (o.now - since).total_seconds()
+    p.extra_conditions = [condition(STORAGE_CONDITION, False, "StorageUnavailable", fault.message, p.generation, o.now, previous.conditions)]
+    # Messages name fixed times, not a running count, so a long fault does not rewrite the status every second.
+    p.plan.requeue_after = STORAGE_RETRY_SECONDS
+    if waited >= o.storage_patience_seconds:
+        return p.finish("Blocked", "StorageUnavailable", f"{fault.message} (since {since:%Y-%m-%d %H:%M:%S} UTC; still retrying)")
+    phase = previous.phase if previous.phase in ("Pending", "Running", "Retrying", "Suspended") else "Pending"
+    return p.finish(phase, "StorageUnavailable", f"retrying S3 since {since:%H:%M:%S} UTC (Blocked after {o.storage_patience_seconds:.0f} s): {fault.message}")
+
+
+def record_results(p: _Planning, job: dict[str, Any] | None, key: str) -> Plan | None:
+    """A finished run under this key: the trainer's results are the record, whatever became of the job."""
+    o, status = p.o, p.status
+    if o.results is None or (job is not None and job_state(job) not in (JobState.SUCCEEDED, JobState.FAILED)):
+        return None
+    status.metrics = dict(o.results.metrics)
+    status.outputs = dict(o.results.outputs)
+    status.gate = evaluate_gate(o.stage, status.metrics)
+    status.completion_time = status.completion_time or o.now
+    status.next_retry_time = None
+    last = _progress(o.progress) or status.progress
+    if last is not None:
+        total = last.total_steps or last.step
+        status.progress = Progress(step=total, total_steps=total, percent=100, eta_seconds=0, text=f"{total}/{total}")
+    if status.gate is not None and not status.gate.passed:
+        return p.finish("Failed", "QualityGateFailed", f"spec.qualityGate: {status.gate.message}")
+    if status.job_name is None:
+        return p.finish("Cached", "CacheHit", f"outputs for cache key {key} already exist")
+    return p.finish("Succeeded", "JobSucceeded", f"job {status.job_name} succeeded")
+
+
+def wait_for_dependencies(p: _Planning, job: dict[str, Any] | None, keys: Mapping[str, str]) -> Plan | None:
+    """A dependency that failed or is blocked blocks this stage; one not yet done makes it wait (unless its job
+    already runs)."""
+    o = p.o
+    deps = [o.siblings[d] for d in o.stage.spec.depends_on]
     for dep in deps:
         if problem := _upstream_problem(dep):
-            return finish("Blocked", "DependencyFailed", problem)
+            return p.finish("Blocked", "DependencyFailed", problem)
     waiting = [d.metadata["name"] for d in deps if not is_done(d, keys.get(d.metadata["name"]))]
     if waiting and job is None:
-        return finish("Pending", "WaitingForDependencies", f"waiting for {', '.join(waiting)}")
+        return p.finish("Pending", "WaitingForDependencies", f"waiting for {', '.join(waiting)}")
+    return None
 
+
+def follow_job(p: _Planning, job: dict[str, Any] | None) -> Plan | None:
+    """The current attempt: failed (retried after a back-off, or failed for good), suspended, or running. None when
+    there is no attempt to follow and the next may start."""
+    o, status, previous, stage = p.o, p.status, p.previous, p.o.stage
     suspended = stage.spec.suspend or o.pipeline.spec.suspend
     kueue = bool(stage.spec.queue_name or o.pipeline.spec.queue_name)
-
-    if job is not None:
-        state = job_state(job)
-        if state is JobState.SUCCEEDED:  # succeeded, but no results.json under the key
-            state, failure = JobState.FAILED, f"job {status.job_name} succeeded but wrote no results.json"
-        else:
-            failure = f"job {status.job_name} failed: {failure_cause(o, status.attempt)}"
-        if state is JobState.FAILED:
-            if previous.phase not in ("Retrying", "Failed") or previous.job_name != status.job_name:
-                status.retries += 1
-                status.next_retry_time = now + timedelta(seconds=backoff_seconds(stage.spec.retry_backoff_seconds, status.retries))
-            if status.retries > stage.spec.retry_limit:
-                status.completion_time = status.completion_time or now
-                status.next_retry_time = None
-                return finish("Failed", "RetryLimitExceeded", f"{failure}; retry limit {stage.spec.retry_limit} reached (spec.retryLimit)")
-            if suspended:
-                return finish("Suspended", "Suspended", "suspended before the next attempt")
-            if status.next_retry_time and now < status.next_retry_time:
-                plan.requeue_after = (status.next_retry_time - now).total_seconds()
-                return finish("Retrying", "BackingOff", f"{failure}; retry {status.retries}/{stage.spec.retry_limit} at {status.next_retry_time.isoformat()}")
-            job = None  # back-off over: start the next attempt below
-        elif suspended:
-            if kueue:  # Kueue owns runPolicy.suspend; stop the attempt instead and resume later from its checkpoint
-                plan.actions.append(DeleteJob(status.job_name, "suspended while managed by Kueue"))
-                status.job_name = None
-            elif not job_suspend_flag(job):
-                plan.actions.append(SetJobSuspended(status.job_name, True))
-            return finish("Suspended", "Suspended", "suspended by spec.suspend")
-        else:
-            if not kueue and job_suspend_flag(job):
-                plan.actions.append(SetJobSuspended(status.job_name, False))
-            status.progress = _progress(o.progress) or status.progress
-            status.checkpoint_uri = (o.progress or {}).get("checkpointUri", status.checkpoint_uri)
-            if state is JobState.PENDING and kueue:
-                return finish("Running", "WaitingForAdmission", f"job {status.job_name} is waiting for Kueue admission")
-            return finish("Running", "JobRunning", f"job {status.job_name} is {state.value.lower()}")
-
+    if job is None:
+        if suspended:
+            return p.finish("Suspended", "Suspended", "suspended by spec.suspend" if stage.spec.suspend else "suspended by the pipeline's spec.suspend")
+        return None
+    state = job_state(job)
+    if state is JobState.SUCCEEDED:  # succeeded, but no results.json under the key
+        state, failure = JobState.FAILED, f"job {status.job_name} succeeded but wrote no results.json"
+    else:
+        failure = f"job {status.job_name} failed: {failure_cause(o, status.attempt)}"
+    if state is JobState.FAILED:
+        if previous.phase not in ("Retrying", "Failed") or previous.job_name != status.job_name:
+            status.retries += 1
+            status.next_retry_time = o.now + timedelta(seconds=backoff_seconds(stage.spec.retry_backoff_seconds, status.retries))
+        if status.retries > stage.spec.retry_limit:
+            status.completion_time = status.completion_time or o.now
+            status.next_retry_time = None
+            return p.finish("Failed", "RetryLimitExceeded", f"{failure}; retry limit {stage.spec.retry_limit} reached (spec.retryLimit)")
+        if suspended:
+            return p.finish("Suspended", "Suspended", "suspended before the next attempt")
+        if status.next_retry_time and o.now < status.next_retry_time:
+            p.plan.requeue_after = (status.next_retry_time - o.now).total_seconds()
+            return p.finish("Retrying", "BackingOff", f"{failure}; retry {status.retries}/{stage.spec.retry_limit} at {status.next_retry_time.isoformat()}")
+        return None  # back-off over: start the next attempt
     if suspended:
-        return finish("Suspended", "Suspended", "suspended by spec.suspend" if stage.spec.suspend else "suspended by the pipeline's spec.suspend")
+        if kueue:  # Kueue owns runPolicy.suspend; stop the attempt instead and resume later from its checkpoint
+            p.plan.actions.append(DeleteJob(status.job_name, "suspended while managed by Kueue"))
+            status.job_name = None
+        elif not job_suspend_flag(job):
+            p.plan.actions.append(SetJobSuspended(status.job_name, True))
+        return p.finish("Suspended", "Suspended", "suspended by spec.suspend")
+    if not kueue and job_suspend_flag(job):
+        p.plan.actions.append(SetJobSuspended(status.job_name, False))
+    status.progress = _progress(o.progress) or status.progress
+    if o.progress is not None and o.progress.checkpoint_uri:
+        status.checkpoint_uri = o.progress.checkpoint_uri
+    if state is JobState.PENDING and kueue:
+        return p.finish("Running", "WaitingForAdmission", f"job {status.job_name} is waiting for Kueue admission")
+    return p.finish("Running", "JobRunning", f"job {status.job_name} is {state.value.lower()}")
 
-    # Start the next attempt.
+
+def start_attempt(p: _Planning, key: str) -> Plan:
+    """The next attempt: its resolved spec in a ConfigMap and its PyTorchJob, reading the upstream outputs."""
+    o, status, stage = p.o, p.status, p.o.stage
+    name = stage.metadata["name"]
+    kueue = bool(stage.spec.queue_name or o.pipeline.spec.queue_name)
     status.attempt += 1
     status.job_name = job_name(name, status.attempt)
-    status.start_time = status.start_time or now
+    status.start_time = status.start_time or o.now
     status.next_retry_time = None
     status.progress = None
+    deps = [o.siblings[d] for d in stage.spec.depends_on]
     upstream = {d.metadata["name"]: Upstream(d.spec.type, dict(d.status.outputs)) for d in deps}
     if lost := missing_outputs(stage, upstream):
-        return finish("Blocked", "MissingUpstreamOutput", f"spec.inputs: upstream results have no output {', '.join(lost)}")
+        return p.finish("Blocked", "MissingUpstreamOutput", f"spec.inputs: upstream results have no output {', '.join(lost)}")
     resolved = render_stage_spec(stage, o.pipeline, key=key, attempt=status.attempt, upstream=upstream)
     configmap = render_configmap(stage, resolved, child_labels(stage, status.attempt, key))
     pj = render_pytorchjob(stage, o.pipeline, key=key, attempt=status.attempt, configmap=configmap["metadata"]["name"], suspend=kueue)
-    plan.actions.append(CreateJob(pj, configmap))
+    p.plan.actions.append(CreateJob(pj, configmap))
     what = "retry" if status.retries else "run"
-    return finish("Running", "JobCreated", f"created job {status.job_name} ({what}, attempt {status.attempt})")
+    return p.finish("Running", "JobCreated", f"created job {status.job_name} ({what}, attempt {status.attempt})")
 
 
 def _is_next_attempt(job: Mapping[str, Any], stage: str, attempt: int, key: str) -> bool:
@@ -344,4 +445,5 @@ def job_suspend_flag(job: Mapping[str, Any]) -> bool:
     return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
 
 
-__all__ = ["Observed", "Plan", "CreateJob", "SetJobSuspended", "DeleteJob", "Event", "plan_stage", "is_done", "KUEUE_QUEUE_LABEL"]
+__all__ = ["Observed", "Plan", "CreateJob", "SetJobSuspended", "DeleteJob", "Event", "plan_stage", "is_done", "reads_for", "Reads",
+           "StorageFault", "KUEUE_QUEUE_LABEL"]

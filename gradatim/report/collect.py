@@ -17,11 +17,11 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from kubernetes import client
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.api import TrainingPipeline, TrainingStage
-from gradatim.api.resolved import RESULTS_FILE
+from gradatim.api.runfiles import RESULTS_FILE
 from gradatim.operator import kube
-from gradatim.operator.reconciler import storage_problem
+from gradatim.storage.runfiles import read_run_files, storage_fault
 from gradatim.planner.render import stage_output_uri
 from gradatim.report.build import Report, build_report, records_from
 from gradatim.report.render import PLOTS
@@ -83,11 +83,12 @@ def results_reader(store: Any, pipeline: TrainingPipeline, namespace: str) -> Ca
         key = stage.status.cache_key if stage.status else None
         if key is None:
             return None
-        uri = stage_output_uri(pipeline, namespace, stage, key) + RESULTS_FILE
+        out = stage_output_uri(pipeline, namespace, stage, key)
         try:
-            return s3.read_json(store, uri)
+            results = read_run_files(store, out, results=True, progress=False, error=False).results
         except (BotoCoreError, ClientError) as err:
-            raise ReportError(storage_problem(pipeline, uri, err)) from err
+            raise ReportError(storage_fault(pipeline, out + RESULTS_FILE, err).message) from err
+        return results.model_dump(by_alias=True) if results is not None else None
 
     return read
 

@@ -12,7 +12,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from gradatim import s3
+from gradatim.storage import s3
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.api.runfiles import TrainerError
 from gradatim.trainer import errors

@@ -16,7 +16,7 @@ from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
-from gradatim.s3 import S3Location, read_json
+from gradatim.storage.s3 import S3Location, read_json
 
 MANIFEST = "_manifest.json"
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20, max_concurrency=8)

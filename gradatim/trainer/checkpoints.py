@@ -23,7 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.s3 import S3Location, read_json
+from gradatim.storage.s3 import S3Location, read_json
 from gradatim.trainer.artifacts import MANIFEST, TRANSFER, download_dir, manifest_of, read_manifest
 from gradatim.trainer.runtime import Runtime
 

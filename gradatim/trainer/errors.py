@@ -181,7 +181,7 @@ def report(error: TrainerError, spec: ResolvedStageSpec | None, store: Any | Non
     log.error("Failed: %s", error.message)
     write_termination_message(error)
     if is_rank0 and spec is not None and store is not None:
-        from gradatim.s3 import write_json
+        from gradatim.storage.s3 import write_json
 
         try:
             write_json(store, spec.output.uri + ERROR_FILE, error.to_wire())

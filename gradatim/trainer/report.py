@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, start_http_server
 
-from gradatim.api.resolved import FINAL_SCRAPE_ENV, PROGRESS_FILE, RESULTS_FILE, ResolvedStageSpec
-from gradatim.s3 import count_failures, write_json
+from gradatim.api.resolved import FINAL_SCRAPE_ENV, ResolvedStageSpec
+from gradatim.api.runfiles import PROGRESS_FILE, RESULTS_FILE, RunProgress, RunResults
+from gradatim.storage.s3 import count_failures, write_json
 from gradatim.trainer.telemetry import Device, ModelFlops, device_memory
 
 log = logging.getLogger("gradatim.trainer")
@@ -165,15 +166,15 @@ class Reporter:
         if self.store is None or (now - self._last_write < PROGRESS_EVERY_SECONDS and step < total):
             return
         self._last_write = now
-        write_json(self.store, self.spec.output.uri + PROGRESS_FILE, {
-            "step": step, "totalSteps": total, "etaSeconds": eta, "checkpointUri": self.spec.output.checkpoint_uri,
-            "metrics": {k: float(v) for k, v in values.items()}, **extra,
-        })
+        record = RunProgress(step=step, total_steps=total, eta_seconds=eta, checkpoint_uri=self.spec.output.checkpoint_uri,
+                             metrics={k: float(v) for k, v in values.items()}, **extra)
+        write_json(self.store, self.spec.output.uri + PROGRESS_FILE, record.model_dump(by_alias=True, mode="json"))
 
     def results(self, metrics: dict[str, float], outputs: dict[str, str], **extra: Any) -> dict[str, Any]:
         """Writes results.json, last: its presence is what marks the run complete."""
-        record = {"metrics": metrics, "outputs": outputs, "durationSeconds": time.monotonic() - self.started,
-                  "attempt": self.spec.attempt, "cacheKey": self.spec.cache_key, "history": self.history, **extra}
+        record = RunResults(metrics=metrics, outputs=outputs, duration_seconds=time.monotonic() - self.started,
+                            attempt=self.spec.attempt, cache_key=self.spec.cache_key, history=self.history, **extra
+                            ).model_dump(by_alias=True, mode="json")
         if self.enabled and self.store is not None:
             write_json(self.store, self.spec.output.uri + RESULTS_FILE, record)
             log.info("Wrote results: %s", metrics)

@@ -21,7 +21,7 @@ from typing import Any
 from gradatim.api.hyperparams import GenerateParams
 from gradatim.api.resolved import ResolvedStageSpec
 from gradatim.api.runfiles import CHUNKS_DIR, GenerateChunk
-from gradatim.s3 import S3Location, read_json, write_json
+from gradatim.storage.s3 import S3Location, read_json, write_json
 from gradatim.trainer.artifacts import upload_files, write_manifest
 from gradatim.trainer.generation import Completion, Usage, messages, open_engine
 from gradatim.trainer.report import Reporter

@@ -1,4 +1,4 @@
-"""S3 access shared by the operator and the trainer: `s3://bucket/key` URIs, credentials from the environment
+"""S3 access shared by the reconcile shell, the trainer and the report: `s3://bucket/key` URIs, credentials from the environment
 or a Secret's data, retries with backoff (botocore's standard mode)."""
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-
-from gradatim.api.resolved import PROGRESS_FILE, RESULTS_FILE
-from gradatim.api.runfiles import ERROR_FILE, TrainerError
 
 RETRIES = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"})
 
@@ -48,8 +45,9 @@ def client(endpoint: str | None = None, access_key: str | None = None, secret_ke
     )
 
 
-# The operator reads small files between other work: fail fast and say so, rather than stall a worker.
-QUICK = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2, read_timeout=10, s3={"addressing_style": "path"})
+# The operator reads small files between other work: fail fast and say so, rather than stall a worker (a frozen
+# S3 accepts connections and never answers). The planner waits out a fault that passes; no retries needed here.
+QUICK = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=4, s3={"addressing_style": "path"})
 
 
 def client_from_secret(data: Mapping[str, str], access_key_field: str, secret_key_field: str, endpoint: str | None, region: str) -> Any:
@@ -70,24 +68,6 @@ def read_json(s3: Any, uri: str) -> dict[str, Any] | None:
             return None
         raise
     return json.loads(body)
-
-
-def read_run_files(s3: Any, output_uri: str, *, running: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """A stage run's results.json and, while its job exists, its progress.json; None for each not written yet."""
-    results = read_json(s3, output_uri + RESULTS_FILE)
-    progress = read_json(s3, output_uri + PROGRESS_FILE) if running else None
-    return results, progress
-
-
-def read_error(s3: Any, output_uri: str) -> TrainerError | None:
-    """The trainer's record of why its last failed attempt under `output_uri` failed, if it wrote one."""
-    record = read_json(s3, output_uri + ERROR_FILE)
-    if record is None:
-        return None
-    try:
-        return TrainerError.model_validate(record)
-    except ValueError:  # written by another trainer version: the pod's termination message still says why
-        return None
 
 
 def write_json(s3: Any, uri: str, obj: Any) -> None:

@@ -1,11 +1,11 @@
-"""The imperative shell around the planner for a run without Kubernetes: what `gradatim/operator/reconciler.py`
-is to the API server, this is to one machine.
+"""The reconcile shell's world for a run without Kubernetes (`gradatim run`): what the API server and the watch
+cache are to the operator, memory is to one machine. The same shell (gradatim/reconcile/shell.py) plans and acts.
 
-The objects live in memory: the stages and pipeline parsed from the recipe, with the status the planner gives
+The objects live in memory: the stages and pipeline parsed from the recipe, with the status the shell writes on
 them, and the PyTorchJobs it creates (`LocalJobs`, which runs them with `JobProcesses`, the job runner's code, and
-writes Kubeflow's conditions on them). Each `step` reads the world (jobs, results.json and progress.json in S3),
-plans every stage in dependency order, acts, and aggregates the pipeline; the status is also written to
-`status.json` in the state dir after every change, for readers after the run.
+writes Kubeflow's conditions on them). Each `LocalRun.step` advances the jobs and reconciles every stage in
+dependency order, then the pipeline; the status is also written to `status.json` in the state dir after every
+change, for readers after the run.
 """
 
 from __future__ import annotations
@@ -15,30 +15,23 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from gradatim import s3
-from gradatim.api import TrainingPipeline, TrainingStage
+from gradatim.api import TrainingPipeline, TrainingPipelineStatus, TrainingStage, TrainingStageStatus
 from gradatim.local import kubeflow as kf
 from gradatim.local.processes import JobProcesses, Resolvers
 from gradatim.local.recipe import Recipe
-from gradatim.operator.reconciler import storage_problem
-from gradatim.planner.graph import cache_keys, topological_order
-from gradatim.planner.jobs import JobState, job_state
-from gradatim.planner.pipeline import plan_pipeline
-from gradatim.planner.render import job_name, stage_output_uri
-from gradatim.planner.stage import CreateJob, DeleteJob, Observed, Plan, SetJobSuspended, plan_stage
+from gradatim.planner.graph import topological_order
+from gradatim.planner.stage import STORAGE_PATIENCE_SECONDS
+from gradatim.reconcile.shell import Shell
 
 log = logging.getLogger("gradatim.local")
 
 STATUS_FILE = "status.json"
 FINISHED = ("Succeeded", "Failed")
 ACTIVE = ("Running", "Retrying")  # stage phases after which something may still change without the user
-S3_PATIENCE = 5  # steps in a row a stage's S3 reads may fail before the planner hears of it
 
 
 class LocalJobs:
@@ -99,23 +92,81 @@ class LocalJobs:
         self.processes.stop_all()
 
 
-class LocalReconciler:
-    def __init__(self, recipe: Recipe, store: Any, jobs: LocalJobs, state_dir: Path) -> None:
+class LocalWorld:
+    """`gradatim.reconcile.world.World` in memory: the recipe's pipeline and stages, with the status the shell
+    writes on them, the jobs `LocalJobs` runs, and the S3 of the run."""
+
+    def __init__(self, recipe: Recipe, store: Any, jobs: LocalJobs) -> None:
         self.namespace = recipe.namespace
-        self.pipeline = recipe.pipeline
+        self.pipeline_object = recipe.pipeline
         self.stages = dict(recipe.stages)
         self.store = store
         self.jobs = jobs
+
+    def stage(self, namespace: str, name: str) -> TrainingStage | None:
+        return self.stages.get(name)
+
+    def pipeline(self, namespace: str, name: str) -> TrainingPipeline | None:
+        return self.pipeline_object if name == self.pipeline_object.metadata["name"] else None
+
+    def pipeline_stages(self, namespace: str, pipeline: str) -> dict[str, TrainingStage]:
+        return {n: s for n, s in self.stages.items() if s.spec.pipeline == pipeline}
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.jobs.get(name)
+
+    def job_pods(self, namespace: str, stage: str, job: str) -> list[dict[str, Any]]:
+        return list(self.jobs.pods(job))
+
+    def storage(self, pipeline: TrainingPipeline) -> tuple[Any, list[str]]:
+        return self.store, []
+
+    def adopt(self, stage: TrainingStage, pipeline: TrainingPipeline) -> None:
+        """Nothing to own: the run's objects live and go together."""
+
+    def create_job(self, job: dict[str, Any], configmap: dict[str, Any]) -> bool:
+        return self.jobs.create(job, configmap, datetime.now(timezone.utc))
+
+    def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
+        self.jobs.set_suspended(name, suspended)
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.jobs.delete(name)
+
+    def write_stage_status(self, stage: TrainingStage, status: dict[str, Any]) -> None:
+        name = stage.metadata["name"]
+        self.stages[name] = self.stages[name].model_copy(update={"status": TrainingStageStatus.model_validate(status)})
+
+    def write_pipeline_status(self, pipeline: TrainingPipeline, status: dict[str, Any]) -> None:
+        self.pipeline_object = self.pipeline_object.model_copy(update={"status": TrainingPipelineStatus.model_validate(status)})
+
+    def post_event(self, stage: TrainingStage, type_: str, reason: str, message: str) -> None:
+        """Events go to the run's log."""
+        log.log(logging.WARNING if type_ == "Warning" else logging.INFO, "Stage %s/%s: %s: %s",
+                self.namespace, stage.metadata["name"], reason, message)
+
+
+class LocalRun:
+    """A recipe's pipeline run on this machine through the one shell, a step at a time."""
+
+    def __init__(self, recipe: Recipe, store: Any, jobs: LocalJobs, state_dir: Path, storage_patience_seconds: float = STORAGE_PATIENCE_SECONDS) -> None:
+        self.world = LocalWorld(recipe, store, jobs)
+        self.shell = Shell(self.world, storage_patience_seconds)
+        self.namespace = recipe.namespace
+        self.name = recipe.name
+        self.jobs = jobs
         self.state_dir = Path(state_dir)
-        self.keys = cache_keys(self.stages, self.pipeline.spec.image)  # the spec is fixed for the run's life
-        self.order = topological_order(self.stages)
-        self.live: dict[str, dict[str, float]] = {}  # a running stage's progress.json metrics, for the view
-        self._s3_failures: dict[str, int] = {}
+        self.order = topological_order(recipe.stages)
+        self._storage_retrying: set[str] = set()
         self._saved = ""
 
     @property
-    def name(self) -> str:
-        return self.pipeline.metadata["name"]
+    def pipeline(self) -> TrainingPipeline:
+        return self.world.pipeline_object
+
+    @property
+    def stages(self) -> dict[str, TrainingStage]:
+        return self.world.stages
 
     @property
     def phase(self) -> str | None:
@@ -126,65 +177,20 @@ class LocalReconciler:
         blocked or suspended, which only an edit of the recipe changes)."""
         if self.phase in FINISHED:
             return True
-        if self.pipeline.status is None or self._s3_failures:  # not yet planned, or a stage's reads are retrying
+        if self.pipeline.status is None or self._storage_retrying:  # not yet planned, or a stage's reads are retrying
             return False
         return not any(s.status and s.status.phase in ACTIVE for s in self.stages.values())
 
-    # -- the loop ---------------------------------------------------------------------------------------
-
     def step(self, now: datetime) -> None:
-        """1. advance the jobs; 2. plan and act on every stage, dependencies first, so a stage starts in the step
-        its last dependency finished; 3. aggregate the pipeline; 4. write the status down."""
+        """1. advance the jobs; 2. reconcile every stage, dependencies first, so a stage starts in the step its
+        last dependency finished; 3. aggregate the pipeline; 4. write the status down."""
         self.jobs.sync(now)
         for name in self.order:
-            self.reconcile_stage(name, now)
-        self.pipeline = self.pipeline.model_copy(update={"status": plan_pipeline(self.pipeline, self.stages, now)})
+            outcome = self.shell.reconcile_stage(self.namespace, name, now)
+            retrying = outcome.storage_error and outcome.stage is not None and outcome.stage.status.phase != "Blocked"
+            (self._storage_retrying.add if retrying else self._storage_retrying.discard)(name)
+        self.shell.reconcile_pipeline(self.namespace, self.name, now)
         self.save()
-
-    def reconcile_stage(self, name: str, now: datetime) -> None:
-        stage = self.stages[name]
-        status = stage.status
-        # The current attempt's job; with none recorded, the next attempt's.
-        current = status.job_name if status and status.job_name else job_name(name, (status.attempt if status else 0) + 1)
-        job = self.jobs.get(current)
-        key = self.keys.get(name)
-        results = progress = error = None
-        problems: tuple[str, ...] = ()
-        failed = job is not None and job_state(job) is JobState.FAILED
-        if key is not None:
-            out = stage_output_uri(self.pipeline, self.namespace, stage, key)
-            try:
-                results, progress = s3.read_run_files(self.store, out, running=job is not None)
-                error = s3.read_error(self.store, out) if failed else None
-                self._s3_failures.pop(name, None)
-            except (BotoCoreError, ClientError) as err:
-                self._s3_failures[name] = self._s3_failures.get(name, 0) + 1
-                if self._s3_failures[name] < S3_PATIENCE:  # a blink of the store: look again next step
-                    log.warning("Could not read S3 for stage %s (will retry): %s", name, err)
-                    return
-                problems = (storage_problem(self.pipeline, out, err),)
-        pods = self.jobs.pods(current) if failed else ()
-        plan = plan_stage(Observed(stage, self.pipeline, self.stages, job, results, progress, now, problems, error, pods))
-        self._act(plan, now)
-        self.stages[name] = stage.model_copy(update={"status": plan.status})
-        running = plan.status.phase == "Running" and job is not None and job_state(job) is JobState.RUNNING
-        self.live[name] = dict((progress or {}).get("metrics") or {}) if running else {}
-        for event in plan.events:
-            log.log(logging.WARNING if event.type == "Warning" else logging.INFO, "Stage %s/%s is %s (%s): %s",
-                    self.namespace, name, plan.status.phase, event.reason, event.message)
-
-    def _act(self, plan: Plan, now: datetime) -> None:
-        ns = self.namespace
-        for action in plan.actions:
-            if isinstance(action, CreateJob):
-                created = self.jobs.create(action.job, action.configmap, now)
-                log.info("%s PyTorchJob %s/%s", "Created" if created else "Adopted", ns, action.job["metadata"]["name"])
-            elif isinstance(action, SetJobSuspended):
-                self.jobs.set_suspended(action.name, action.suspended)
-                log.info("%s PyTorchJob %s/%s", "Suspended" if action.suspended else "Resumed", ns, action.name)
-            elif isinstance(action, DeleteJob):
-                self.jobs.delete(action.name)
-                log.info("Deleted PyTorchJob %s/%s: %s", ns, action.name, action.why)
 
     # -- the record -------------------------------------------------------------------------------------
 

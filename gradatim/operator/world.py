@@ -1,0 +1,255 @@
+"""The reconcile shell's world on Kubernetes: reads come from a watch cache of stages, pipelines and PyTorchJobs
+(fed by kopf's watches, parsed once per change), writes go to the API server and, with the object it returns, into
+the cache, so the next reconcile sees its own write before the watch brings it back.
+
+No reconcile LISTs anything. The API is asked only where the cache cannot answer: a job or pipeline the cache
+has not seen yet (just after start-up), a failed job's pods, a pipeline's Secret (kept a minute)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from gradatim.api import TrainingPipeline, TrainingStage
+from gradatim.operator import kube
+from gradatim.planner.render import KEY_LABEL
+from gradatim.storage import s3
+
+log = logging.getLogger("gradatim.operator")
+
+SECRET_TTL_SECONDS = 60.0  # a rotated S3 credential reaches new reads within this
+
+
+def _trimmed(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The object without managedFields (a third of a small object's bytes, and never read here)."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Whether `new` is at least as recent as `old`. resourceVersions are opaque to clients in general; etcd's are
+    integers, and a write's response may reach the cache before an older watch event does."""
+    if old is None:
+        return True
+    a, b = new.get("metadata", {}).get("resourceVersion"), old.get("metadata", {}).get("resourceVersion")
+    try:
+        return int(a) >= int(b)
+    except (TypeError, ValueError):
+        return True
+
+
+class WatchCache:
+    """Stages, pipelines and PyTorchJobs as the watches deliver them. Thread-safe: kopf feeds it on its event loop
+    while the workers read it from their threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stages: dict[tuple[str, str], tuple[dict[str, Any], TrainingStage]] = {}
+        self._by_pipeline: dict[tuple[str, str], set[str]] = {}
+        self._pipelines: dict[tuple[str, str], tuple[dict[str, Any], TrainingPipeline]] = {}
+        self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # -- fed by the watches and by our own writes -------------------------------------------------------
+
+    def put_stage(self, body: Mapping[str, Any]) -> TrainingStage | None:
+        body = _trimmed(body)
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            old = self._stages.get(key)
+            if old is not None and not _newer(body, old[0]):
+                return old[1]
+        stage = kube.parse_stage(body)
+        with self._lock:
+            if old is not None:
+                self._by_pipeline.get((key[0], old[1].spec.pipeline), set()).discard(key[1])
+            self._stages[key] = (body, stage)
+            self._by_pipeline.setdefault((key[0], stage.spec.pipeline), set()).add(key[1])
+        return stage
+
+    def drop_stage(self, namespace: str, name: str) -> None:
+        with self._lock:
+            old = self._stages.pop((namespace, name), None)
+            if old is not None:
+                self._by_pipeline.get((namespace, old[1].spec.pipeline), set()).discard(name)
+
+    def put_pipeline(self, body: Mapping[str, Any]) -> TrainingPipeline:
+        body = _trimmed(body)
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            old = self._pipelines.get(key)
+            if old is not None and not _newer(body, old[0]):
+                return old[1]
+        pipeline = kube.parse_pipeline(body)
+        with self._lock:
+            self._pipelines[key] = (body, pipeline)
+        return pipeline
+
+    def drop_pipeline(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._pipelines.pop((namespace, name), None)
+
+    def put_job(self, body: Mapping[str, Any]) -> None:
+        body = _trimmed(body)
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            if _newer(body, self._jobs.get(key)):
+                self._jobs[key] = body
+
+    def drop_job(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._jobs.pop((namespace, name), None)
+
+    # -- read by the shell ------------------------------------------------------------------------------
+
+    def stage(self, namespace: str, name: str) -> TrainingStage | None:
+        with self._lock:
+            found = self._stages.get((namespace, name))
+        return found[1] if found else None
+
+    def stage_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._stages.get((namespace, name))
+        return found[0] if found else None
+
+    def pipeline_stages(self, namespace: str, pipeline: str) -> dict[str, TrainingStage]:
+        with self._lock:
+            names = list(self._by_pipeline.get((namespace, pipeline), ()))
+            return {n: self._stages[(namespace, n)][1] for n in names if (namespace, n) in self._stages}
+
+    def pipeline(self, namespace: str, name: str) -> TrainingPipeline | None:
+        with self._lock:
+            found = self._pipelines.get((namespace, name))
+        return found[1] if found else None
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._jobs.get((namespace, name))
+
+    def all_stages(self) -> list[TrainingStage]:
+        with self._lock:
+            return [s for _, s in self._stages.values()]
+
+    def keys(self, plural: str) -> set[tuple[str, str]]:
+        """(namespace, name) of every cached object of `plural`, for checking the cache against a LIST."""
+        with self._lock:
+            held = {kube.STAGES: self._stages, kube.PIPELINES: self._pipelines, kube.PYTORCHJOBS: self._jobs}[plural]
+            return set(held)
+
+
+class KubeWorld:
+    """`gradatim.reconcile.world.World` over the API server, reading through a `WatchCache`."""
+
+    def __init__(self, api: client.ApiClient, cache: WatchCache) -> None:
+        self.api = api
+        self.cache = cache
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._s3_clients: dict[tuple, Any] = {}  # building a boto3 client costs ~0.3 s and megabytes: reuse them
+        self._lock = threading.Lock()
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    def stage(self, namespace: str, name: str) -> TrainingStage | None:
+        return self.cache.stage(namespace, name)
+
+    def pipeline(self, namespace: str, name: str) -> TrainingPipeline | None:
+        found = self.cache.pipeline(namespace, name)
+        if found is None:  # not yet seen by the watch (start-up), or really absent: ask, rather than call it missing
+            body = kube.get_pipeline(self.api, namespace, name)
+            found = self.cache.put_pipeline(body) if body is not None else None
+        return found
+
+    def pipeline_stages(self, namespace: str, pipeline: str) -> dict[str, TrainingStage]:
+        return self.cache.pipeline_stages(namespace, pipeline)
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.cache.job(namespace, name)
+        if found is None:
+            stage = self._stage_naming(namespace, name)
+            if stage:  # the status names it: never take "not in the cache yet" for "gone", or a second attempt starts
+                found = kube.get_job(self.api, namespace, name)
+                if found is not None:
+                    self.cache.put_job(found)
+        return found
+
+    def _stage_naming(self, namespace: str, job: str) -> bool:
+        stage = self.cache.stage(namespace, job.rsplit("-a", 1)[0])
+        return stage is not None and stage.status is not None and stage.status.job_name == job
+
+    def job_pods(self, namespace: str, stage: str, job: str) -> list[dict[str, Any]]:
+        try:
+            return kube.list_job_pods(self.api, namespace, stage, job)
+        except ApiException as err:  # the pods only sharpen the message; Kubeflow's condition still says the job failed
+            log.warning("Could not list the pods of PyTorchJob %s/%s: %s", namespace, job, err.reason)
+            return []
+
+    def storage(self, pipeline: TrainingPipeline) -> tuple[Any, list[str]]:
+        ref, storage = pipeline.spec.storage.secret_ref, pipeline.spec.storage
+        namespace = pipeline.metadata["namespace"]
+        where = f"TrainingPipeline {pipeline.metadata['name']}"
+        data = self._secret(namespace, ref.name)
+        if data is None:
+            return None, [f"{where} spec.storage.secretRef.name: Secret {ref.name!r} not found in namespace {namespace}; create it with the S3 credentials"]
+        absent = [k for k in (ref.access_key_id_key, ref.secret_access_key_key) if k not in data]
+        if absent:
+            return None, [f"{where} spec.storage.secretRef: Secret {ref.name!r} has no key {', '.join(absent)}"]
+        identity = (storage.endpoint or data.get("AWS_ENDPOINT_URL"), data[ref.access_key_id_key], data[ref.secret_access_key_key], storage.region)
+        with self._lock:
+            if identity not in self._s3_clients:
+                self._s3_clients[identity] = s3.client_from_secret(data, ref.access_key_id_key, ref.secret_access_key_key, storage.endpoint, storage.region)
+            return self._s3_clients[identity], []
+
+    def _secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, kept SECRET_TTL_SECONDS (a missing one is asked for again each time: it may come)."""
+        now = time.monotonic()
+        with self._lock:
+            kept = self._secrets.get((namespace, name))
+        if kept is not None and now - kept[0] < SECRET_TTL_SECONDS:
+            return kept[1]
+        data = kube.read_secret(self.api, namespace, name)
+        with self._lock:
+            if data is None:
+                self._secrets.pop((namespace, name), None)
+            else:
+                self._secrets[(namespace, name)] = (now, data)
+        return data
+
+    # -- changes ----------------------------------------------------------------------------------------
+
+    def adopt(self, stage: TrainingStage, pipeline: TrainingPipeline) -> None:
+        refs = stage.metadata.get("ownerReferences") or []
+        if any(r.get("uid") == pipeline.metadata["uid"] for r in refs):
+            return
+        body = self.cache.stage_body(stage.metadata["namespace"], stage.metadata["name"])
+        updated = kube.ensure_owned_by_pipeline(self.api, body or stage.to_wire(), pipeline.to_wire())
+        if updated is not None:
+            self.cache.put_stage(updated)
+
+    def create_job(self, job: dict[str, Any], configmap: dict[str, Any]) -> bool:
+        created, fresh = kube.create_or_adopt_job(self.api, job, configmap)
+        self.cache.put_job(created)
+        return fresh
+
+    def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
+        self.cache.put_job(kube.set_job_suspended(self.api, namespace, name, suspended))
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        kube.delete_job(self.api, namespace, name)
+        self.cache.drop_job(namespace, name)
+
+    def write_stage_status(self, stage: TrainingStage, status: dict[str, Any]) -> None:
+        self.cache.put_stage(kube.replace_status(self.api, kube.STAGES, stage.metadata["namespace"], stage.metadata["name"], status))
+
+    def write_pipeline_status(self, pipeline: TrainingPipeline, status: dict[str, Any]) -> None:
+        self.cache.put_pipeline(kube.replace_status(self.api, kube.PIPELINES, pipeline.metadata["namespace"], pipeline.metadata["name"], status))
+
+    def post_event(self, stage: TrainingStage, type_: str, reason: str, message: str) -> None:
+        kube.post_event(self.api, {"apiVersion": stage.api_version, "kind": stage.kind, "metadata": stage.metadata}, type_, reason, message)
+
+
+__all__ = ["WatchCache", "KubeWorld", "KEY_LABEL"]
