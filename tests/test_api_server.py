@@ -84,7 +84,8 @@ def test_local_admission_says_what_the_api_server_says(kube, namespace, bad):
     status = json.loads(err.value.body)
     local = admission.validate(bad.body())
     if local and all(p.type == admission.UNKNOWN_FIELD for p in local):  # strict decoding: a 400 with no causes
-        assert status["message"] == "strict decoding error: " + ", ".join(server_words(p) for p in local)
+        decoding = f'{bad.kind} in version "{VERSION}" cannot be handled as a {bad.kind}: strict decoding error: '
+        assert status["message"] == decoding + ", ".join(server_words(p) for p in local)
         return
     causes = sorted((c.get("field", ""), c["message"]) for c in status["details"]["causes"])
     assert causes == sorted((p.field, server_words(p)) for p in local), bad.case
