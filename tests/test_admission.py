@@ -81,7 +81,7 @@ def test_unknown_fields_fail_alone_and_suggest_the_declared_name():
     body["metadata"]["lables"] = {"team": "a"}
     problems = admission.validate(body)
     assert [str(p) for p in problems] == [
-        'metadata.lables: unknown field',
+        'metadata.lables: unknown field; did you mean "labels"?',
         'spec.sft.learningrate: unknown field; did you mean "learningRate"?',
     ]
     assert {p.type for p in problems} == {admission.UNKNOWN_FIELD}
