@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gradatim.api import GROUP, VERSION, TrainingPipeline, TrainingStage
+from gradatim.api import GROUP, VERSION, TrainingPipeline, TrainingStage, admission
 from tests.bad_specs import BAD_SPECS, VALID_PIPELINE, VALID_STAGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +67,33 @@ def test_bad_spec_is_rejected_naming_the_field(kube, namespace, bad):
     message = json.loads(err.value.body)["message"]
     assert bad.field in message, f"{bad.case}: {message}"
     assert bad.allowed in message, f"{bad.case}: {message}"
+
+
+def server_words(problem: admission.Problem) -> str:
+    """A local problem as the API server words it (locally an unknown field also gets a "did you mean")."""
+    return f'unknown field "{problem.field}"' if problem.type == admission.UNKNOWN_FIELD else problem.detail
+
+
+@pytest.mark.parametrize("bad", BAD_SPECS, ids=lambda c: c.case.replace(" ", "-"))
+def test_local_admission_says_what_the_api_server_says(kube, namespace, bad):
+    """gradatim.api.admission (what `gradatim run` checks) against the real API server: the same problems, each
+    with the same field and the same words. (With several, the server's order follows Go map iteration, so the
+    problems are compared as a multiset, and the message checked to hold each of them.)"""
+    with pytest.raises(ApiException) as err:
+        create(kube, namespace, bad.body())
+    status = json.loads(err.value.body)
+    local = admission.validate(bad.body())
+    if local and all(p.type == admission.UNKNOWN_FIELD for p in local):  # strict decoding: a 400 with no causes
+        decoding = f'{bad.kind} in version "{VERSION}" cannot be handled as a {bad.kind}: strict decoding error: '
+        assert status["message"] == decoding + ", ".join(server_words(p) for p in local)
+        return
+    causes = sorted((c.get("field", ""), c["message"]) for c in status["details"]["causes"])
+    assert causes == sorted((p.field, server_words(p)) for p in local), bad.case
+    prefix = f'{bad.kind}.{GROUP} "{bad.body()["metadata"]["name"]}" is invalid: '
+    if len(local) == 1:
+        assert status["message"] == prefix + str(local[0])
+    else:
+        assert status["message"].startswith(prefix + "[") and all(str(p) in status["message"] for p in local)
 
 
 def test_type_and_pipeline_are_immutable(kube, namespace):

@@ -150,12 +150,15 @@ def test_a_failed_quality_gate_fails_the_run_and_blocks_what_follows(cluster, tm
 
 
 @pytest.mark.parametrize("patch, where", [
-    ({"sft": {"sft": {**TRAIN, "learningRate": -1}}}, "stages.yaml: TrainingStage sft: spec.sft.learningRate: Input should be greater than 0"),
-    ({"eval": {"eval": None}}, "stages.yaml: TrainingStage eval: spec.eval: eval settings are required when type is eval"),
+    ({"sft": {"sft": {**TRAIN, "learningRate": -1}}},
+     "stages.yaml: TrainingStage sft: spec.sft.learningRate: Invalid value: -1: spec.sft.learningRate in body should be greater than 0"),
+    ({"eval": {"eval": None}}, "stages.yaml: TrainingStage eval: spec.eval: Required value: eval settings are required when type is eval"),
     ({"midtrain": {"inputs": {"model": {"fromStage": "sft"}, "data": [{"fromStage": "decontaminate"}]}}},
-     "stages.yaml: TrainingStage midtrain: spec.inputs.model.fromStage: must name a stage that is listed in dependsOn"),
-    ({"decontaminate": {"decontaminate": {"ngramsize": 8}}}, "stages.yaml: TrainingStage decontaminate: spec.decontaminate.ngramsize: Extra inputs are not permitted"),
-    ({"sft": {"resources": {"memory": "-8Gi"}}}, "stages.yaml: TrainingStage sft: spec.resources.memory: Value error, must be a positive quantity such as 32, 500m or 8Gi (got '-8Gi')"),
+     'stages.yaml: TrainingStage midtrain: spec.inputs.model.fromStage: Invalid value: "object": inputs.model.fromStage must name a stage that is listed in dependsOn'),
+    ({"decontaminate": {"decontaminate": {"ngramsize": 8}}},
+     'stages.yaml: TrainingStage decontaminate: spec.decontaminate.ngramsize: unknown field; did you mean "ngramSize"?'),
+    ({"sft": {"resources": {"memory": "-8Gi"}}},
+     'stages.yaml: TrainingStage sft: spec.resources.memory: Invalid value: "-8Gi": spec.resources.memory in body should match'),
 ], ids=["out-of-range", "missing-type-block", "fromStage-not-a-dependency", "unknown-field", "negative-memory"])
 def test_a_bad_recipe_names_the_file_object_and_field_and_runs_nothing(tmp_path, patch, where):
     docs = small_recipe("gradatim")

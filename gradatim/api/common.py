@@ -70,7 +70,9 @@ class S3Storage(Model):
 SOURCE_RULES = (
     Rule("!has(self.output) || has(self.fromStage)", "output selects an output of fromStage; set fromStage too", ".output", "FieldValueForbidden"),
     Rule("!has(self.revision) || has(self.hf)", "revision pins a Hugging Face Hub id; set hf too", ".revision", "FieldValueForbidden"),
-    Rule("!has(self.revision) || !self.hf.contains('@')", "give the revision once: in revision or after @ in hf", ".revision", "FieldValueForbidden"),
+    # has(self.hf) first: without it a revision with no hf also failed to evaluate ("no such key: hf") beside the rule above
+    Rule("!has(self.revision) || !has(self.hf) || !self.hf.contains('@')", "give the revision once: in revision or after @ in hf", ".revision",
+         "FieldValueForbidden"),
 )
 
 

@@ -1,8 +1,9 @@
 """A recipe directory as `gradatim run` reads it: every `*.yaml` in it (the kustomization only for its
 `namespace:`), one TrainingPipeline and the TrainingStages that name it, parsed with the API types.
 
-Without an API server nothing enforces the CRDs' CEL rules, so the cross-field rules a local run relies on are
-checked here, with the API server's messages; every problem names the file, the object and the field.
+Without an API server, each object goes through `gradatim.api.admission` first: the CRD's own schema and CEL rules,
+with the API server's messages. What is checked here besides is what only a local run needs (one pipeline, stage
+names unique, dependencies in the directory, no cycle); every problem names the file, the object and the field.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gradatim.api import TrainingPipeline, TrainingStage
-from gradatim.api.base import DNS1035, DNS1123_LABEL, MAX_PIPELINE_NAME, MAX_STAGE_NAME
-from gradatim.api.common import STAGE_TYPES, TRAINING_TYPES
-from gradatim.api.stage import GATE_METRICS, RATIO_METRICS
+from gradatim.api import TrainingPipeline, TrainingStage, admission
+from gradatim.api.base import DNS1123_LABEL
 from gradatim.planner.graph import find_cycle
 
 KINDS = {"TrainingPipeline": TrainingPipeline, "TrainingStage": TrainingStage}
@@ -88,7 +87,8 @@ def _read_objects(directory: Path, problems: list[str]) -> _Found:
         raise RecipeError([f"{directory}: no *.yaml files"])
     for path in files:
         for index, doc in _documents(path, problems):
-            kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+            kind, metadata = doc.get("kind"), doc.get("metadata")
+            name = metadata.get("name") if isinstance(metadata, dict) else None
             where = f"{path.name}: {kind or 'document ' + str(index + 1)} {name or '(no metadata.name)'}"
             if kind not in KINDS:
                 if kind is None:
@@ -96,11 +96,10 @@ def _read_objects(directory: Path, problems: list[str]) -> _Found:
                 else:
                     found.ignored.append(f"{path.name}: {kind} {name or ''}".rstrip())
                 continue
-            obj = _parse(KINDS[kind], doc, where, problems)
-            name_problem = _name_problem(name, MAX_STAGE_NAME if kind == "TrainingStage" else MAX_PIPELINE_NAME)
-            if name_problem:
-                problems.append(f"{where}: metadata.name: {name_problem}")
-            if obj is None or name_problem:
+            refused = admission.validate(doc)  # what the API server would refuse, in its words
+            problems.extend(f"{where}: {p}" for p in refused)
+            obj = None if refused else _parse(KINDS[kind], doc, where, problems)
+            if obj is None:
                 found.unparsed.add(str(name))
             elif kind == "TrainingPipeline":
                 found.pipelines.append((where, obj))
@@ -110,7 +109,8 @@ def _read_objects(directory: Path, problems: list[str]) -> _Found:
 
 
 def _check_stages(directory: Path, pipeline: TrainingPipeline, found: _Found, problems: list[str]) -> dict[str, TrainingStage]:
-    """The stages by name, after the checks the API server's CEL rules (and, locally, completeness) demand."""
+    """The stages by name, after the checks a local run needs beyond the CRD's: the whole recipe is here, so a
+    stage must name this pipeline and depend only on stages in the directory, without a cycle."""
     pipeline_name = pipeline.metadata["name"]
     by_name: dict[str, TrainingStage] = {}
     where_of: dict[str, str] = {}
@@ -122,7 +122,6 @@ def _check_stages(directory: Path, pipeline: TrainingPipeline, found: _Found, pr
         by_name[name], where_of[name] = stage, where
         if stage.spec.pipeline != pipeline_name:
             problems.append(f"{where}: spec.pipeline: no TrainingPipeline {stage.spec.pipeline!r} in {directory} (it holds {pipeline_name!r})")
-        problems.extend(f"{where}: {p}" for p in stage_problems(stage))
     for name, stage in by_name.items():  # on a cluster a missing stage may come later; here it never will
         missing = [d for d in stage.spec.depends_on if d not in by_name and d not in found.unparsed]
         if missing:
@@ -171,6 +170,8 @@ def _documents(path: Path, problems: list[str]) -> list[tuple[int, dict[str, Any
 
 
 def _parse(model: type, doc: dict[str, Any], where: str, problems: list[str]) -> Any:
+    """The API types of an object admission accepted. (They should accept whatever the CRD does; an error here
+    means the two disagree, and is reported in pydantic's words.)"""
     body = {k: v for k, v in doc.items() if k != "status"}  # status is the runner's to write
     try:
         return model.model_validate(body)
@@ -192,74 +193,6 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "(object)"
 
 
-def _name_problem(name: Any, limit: int) -> str | None:
-    if not name:
-        return "required"
-    if not isinstance(name, str) or not re.match(DNS1035, name):
-        return f"{name!r} must be lower-case letters, digits and '-', starting with a letter"
-    if len(name) > limit:
-        return f"{name!r} is longer than {limit} characters"
-    return None
-
-
 def _uid(namespace: str, kind: str, name: str) -> str:
     """Stable per object, as an API server's uid is stable for the object's life; it lands in ownerReferences."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gradatim-local:{namespace}/{kind}/{name}"))
-
-
-def stage_problems(stage: TrainingStage) -> list[str]:
-    """The CEL rules of the TrainingStage CRD that a local run relies on, checked in Python; each problem names
-    its field. (The API server enforces them all; these are the ones whose breach would make a run go wrong.)"""
-    spec, name = stage.spec, stage.metadata["name"]
-    out = []
-    if getattr(spec, spec.type) is None:
-        out.append(f"spec.{spec.type}: {spec.type} settings are required when type is {spec.type} (write `{spec.type}: {{}}` for the defaults)")
-    out += [f"spec.{t}: {t} settings are only allowed when type is {t}" for t in STAGE_TYPES if t != spec.type and getattr(spec, t) is not None]
-    if name in spec.depends_on:
-        out.append("spec.dependsOn: a stage cannot depend on itself; remove its own name from spec.dependsOn")
-    inputs = spec.inputs
-    if spec.type != "decontaminate" and inputs.model is None:
-        out.append("spec.inputs.model: inputs.model is required: the policy to train, the teacher for generate, the model under test for eval")
-    if spec.type == "decontaminate" and inputs.model is not None:
-        out.append("spec.inputs.model: decontaminate reads no model; remove inputs.model")
-    if spec.type != "eval" and not inputs.data:
-        out.append("spec.inputs.data: inputs.data is required for this type (training data, prompts or preference pairs)")
-    if spec.type == "eval" and inputs.data:
-        out.append("spec.inputs.data: eval scores inputs.evalData; move the eval sets there")
-    if spec.type in ("eval", "decontaminate") and not inputs.eval_data:
-        out.append("spec.inputs.evalData: inputs.evalData is required for eval and decontaminate")
-    if spec.type not in TRAINING_TYPES and spec.checkpoint_interval is not None:
-        out.append("spec.checkpointInterval: checkpointInterval is only used by training types (midtrain, sft, dpo, grpo)")
-    sources = [("spec.inputs.model", inputs.model)] if inputs.model else []
-    sources += [(f"spec.inputs.data[{i}]", s) for i, s in enumerate(inputs.data)]
-    sources += [(f"spec.inputs.evalData[{i}]", s) for i, s in enumerate(inputs.eval_data)]
-    for where, source in sources:
-        endpoint = getattr(source, "endpoint", None)
-        if sum(x is not None for x in (source.hf, source.uri, source.from_stage, source.builtin, endpoint)) != 1:
-            choices = "hf, uri, fromStage, builtin or endpoint" if where == "spec.inputs.model" else "hf, uri, fromStage or builtin"
-            out.append(f"{where}: set exactly one of {choices}")
-        if endpoint is not None and spec.type != "generate":
-            out.append(f"{where}.endpoint: an endpoint model can only generate (a teacher); to train or eval a model, give its weights with hf, uri or fromStage")
-        if source.output is not None and source.from_stage is None:
-            out.append(f"{where}.output: output selects an output of fromStage; set fromStage too")
-        if source.from_stage is not None and source.from_stage not in spec.depends_on:
-            out.append(f"{where}.fromStage: must name a stage that is listed in dependsOn ({source.from_stage!r} is not)")
-    names = [d.name for d in inputs.eval_data if d.name]
-    if len(names) != len(set(names)):
-        out.append("spec.inputs.evalData: evalData names must be unique")
-    params = getattr(spec, spec.type)
-    batch, micro = getattr(params, "batch_size", None), getattr(params, "micro_batch_size", None)
-    if spec.type in TRAINING_TYPES and batch and micro and batch % micro:
-        out.append(f"spec.{spec.type}.batchSize: batchSize must be a multiple of microBatchSize")
-    generations = getattr(params, "num_generations", None)
-    if spec.type == "grpo" and batch and generations and batch % generations:
-        out.append("spec.grpo.batchSize: batchSize (completions per step) must be a multiple of numGenerations")
-    gate = spec.quality_gate
-    if gate is not None:
-        allowed = [m for m in GATE_METRICS[spec.type] if "<" not in m]
-        per_set = spec.type == "eval" and re.match(r"^pass@1/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", gate.metric)
-        if gate.metric not in allowed and not per_set:
-            out.append(f"spec.qualityGate.metric: must be one of the metrics a {spec.type} stage reports: {', '.join(GATE_METRICS[spec.type])}")
-        if (gate.metric in RATIO_METRICS or gate.metric.startswith("pass@1")) and not 0.0 <= gate.threshold <= 1.0:
-            out.append("spec.qualityGate.threshold: this metric is a ratio; qualityGate.threshold must be between 0 and 1")
-    return out
