@@ -16,7 +16,7 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from gradatim.quickstart import QuickstartError, run_quickstart
+    from gradatim.cluster.quickstart import QuickstartError, run_quickstart
 
     try:
         return run_quickstart(args.state_dir, args.example, args.timeout)
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds")
     quick.set_defaults(func=_quickstart)
 
-    from gradatim.local.jobrunner import add_jobrunner_command
+    from gradatim.cluster.jobrunner import add_jobrunner_command
     from gradatim.local.run import add_run_command
     from gradatim.operator.run import add_operator_command
     from gradatim.report.cli import add_report_command

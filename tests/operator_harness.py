@@ -24,7 +24,7 @@ from kubernetes.client.rest import ApiException
 from gradatim.api import GROUP, VERSION
 from gradatim.cluster.process import processes_in_group, signal_groups, spawn, stop_groups, wait_for
 from gradatim.cluster.targets import operator_targets
-from gradatim.local.jobrunner import free_port
+from gradatim.cluster.jobrunner import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN_IMAGE = "gradatim/stand-in-trainer:test"

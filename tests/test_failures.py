@@ -20,7 +20,7 @@ from gradatim.api.common import Resources
 from gradatim.api.hyperparams import SFTParams
 from gradatim.api.runfiles import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT, TrainerError
 from gradatim.api.stage import TrainingStage
-from gradatim.local.processes import Replica, pod_status
+from gradatim.cluster.processes import Replica, pod_status
 from gradatim.planner.stage import plan_stage
 from gradatim.trainer.artifacts import ArtifactMissing
 from gradatim.trainer.errors import classify, write_termination_message

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from gradatim.local.jobrunner import JobRunner, cpu_quantity, cpu_request
+from gradatim.cluster.jobrunner import JobRunner, cpu_quantity, cpu_request
 
 PROBE_IMAGE = "gradatim/ddp-probe:test"
 

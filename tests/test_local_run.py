@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gradatim.cluster.process import is_running
-from gradatim.local.reconciler import read_status
+from gradatim.local.world import read_status
 from gradatim.planner.graph import cache_keys, stages_by_name
 from gradatim.planner.render import output_uri
 from gradatim.report.collect import report_uri
@@ -214,3 +214,10 @@ def test_quickstart_recipe_runs_locally(tmp_path):
     assert passes["eval-base"] < passes["eval-midtrain"] < passes["eval-sft"], passes
     for later in ("eval-dpo", "eval-grpo"):
         assert scores[later]["pass@1_ci_high"] >= passes["eval-sft"], (later, scores[later], passes)
+
+
+def test_gradatim_run_imports_no_kopf():
+    """`gradatim run` needs no Kubernetes: the shell it shares with the operator lives outside gradatim.operator."""
+    code = "import sys, gradatim.cli, gradatim.local.run; print(sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

@@ -17,8 +17,8 @@ from rich.console import Console
 from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.planner.graph import cache_keys
 from gradatim.planner.pipeline import plan_pipeline
-from gradatim.quickstart import EXAMPLE, current_phase, example_pipeline
-from gradatim.view import follow, headline, stage_views
+from gradatim.cluster.quickstart import EXAMPLE, current_phase, example_pipeline
+from gradatim.local.view import follow, headline, stage_views
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 REPO = Path(__file__).resolve().parents[1]

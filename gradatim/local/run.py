@@ -32,7 +32,7 @@ from gradatim.cluster.progress import ConsoleProgress
 from gradatim.local.world import FINISHED, STATUS_FILE, LocalJobs, LocalRun
 from gradatim.local.recipe import Recipe, RecipeError, load_recipe
 from gradatim.local.storage import Storage, StorageError, run_storage
-from gradatim.view import clock, follow, stage_views
+from gradatim.local.view import clock, follow, stage_views
 
 log = logging.getLogger("gradatim.local")
 

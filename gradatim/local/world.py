@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from gradatim.api import TrainingPipeline, TrainingPipelineStatus, TrainingStage, TrainingStageStatus
-from gradatim.local import kubeflow as kf
-from gradatim.local.processes import JobProcesses, Resolvers
+from gradatim.cluster import kubeflow as kf
+from gradatim.cluster.processes import JobProcesses, Resolvers
 from gradatim.local.recipe import Recipe
 from gradatim.planner.graph import topological_order
 from gradatim.planner.stage import STORAGE_PATIENCE_SECONDS

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from gradatim import __version__
 from gradatim.api.stage import STAGE_PHASES, TrainingStage
 
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 STAGE_LABELS = ("namespace", "pipeline", "stage", "type")
 StageKey = tuple[str, str, str, str]  # the values of STAGE_LABELS
 RECONCILED_KINDS = ("stage", "pipeline")  # the `kind` label of the reconcile series

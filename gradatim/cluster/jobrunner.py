@@ -5,7 +5,7 @@ as a local `torchrun` process with the env Kubeflow injects (master on loopback)
 written to files and its Secret references resolved into env (here: read from the API server); it writes back
 the status conditions and replica statuses Kubeflow writes, and a pod per replica with the container state the
 kubelet writes (exit code, reason, termination message). The semantics it copies are listed, with links, in
-`gradatim/local/kubeflow.py`.
+`gradatim/cluster/kubeflow.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from gradatim.local.processes import JobProcesses, LocalJob, Resolvers, free_port
+from gradatim.cluster.processes import JobProcesses, LocalJob, Resolvers, free_port
 
 __all__ = ["JobRunner", "LocalJob", "add_jobrunner_command", "free_port"]
 

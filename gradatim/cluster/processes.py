@@ -25,7 +25,7 @@ from typing import Any
 from gradatim.api.resolved import FINAL_SCRAPE_ENV
 from gradatim.api.runfiles import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
 from gradatim.cluster.targets import write_targets
-from gradatim.local import kubeflow as kf
+from gradatim.cluster import kubeflow as kf
 from gradatim.planner.render import KUBEFLOW_JOB_LABEL
 
 log = logging.getLogger("gradatim.jobrunner")

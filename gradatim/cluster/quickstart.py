@@ -25,11 +25,11 @@ from gradatim.cluster.process import spawn, stop_groups
 from gradatim.cluster.progress import ConsoleProgress
 from gradatim.cluster.state import ClusterInfo
 from gradatim.cluster.targets import operator_targets
-from gradatim.local.jobrunner import free_port
+from gradatim.cluster.jobrunner import free_port
 from gradatim.operator import kube
-from gradatim.view import FINISHED, follow, stage_views
+from gradatim.local.view import FINISHED, follow, stage_views
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 S3_SECRET = "gradatim-s3"
 
 
