@@ -282,15 +282,28 @@ def test_a_pipeline_of_a_thousand_stages_keeps_its_status_writable_with_exact_co
 def test_the_planner_says_what_to_read_a_done_stage_reads_nothing():
     st = stage("sft")
     key = key_of("sft", st)
-    assert reads_for(st, None, key) == Reads(results=True), "no job yet: a cache hit is possible"
+    keys = {"sft": key}
+
+    def reads(s, job):
+        return reads_for(s, job, keys, {"sft": s})
+
+    assert reads(st, None) == Reads(results=True), "no job yet: a cache hit is possible"
+    mid = stage("mid")
+    after = stage("sft2", deps=("mid",), model={"fromStage": "mid"})
+    both = {"mid": mid, "sft2": after}
+    keys2 = cache_keys(both, pipeline().spec.image)
+    assert reads_for(after, None, keys2, both) == Reads(), "its dependency is not done: nothing to look for yet"
+    both["mid"] = done(mid)
+    assert reads_for(after, None, keys2, both) == Reads(results=True)
     running = job("sft-a1", ("Running", "running"))
     started = TrainingStage.model_validate(st.model_dump(by_alias=True) | {"status": {"phase": "Running", "cacheKey": key, "jobName": "sft-a1", "attempt": 1, "observedGeneration": 1}})
-    assert reads_for(started, running, key) == Reads(progress=True), "running: its progress only"
-    assert reads_for(started, job("sft-a1", ("Failed", "boom")), key) == Reads(results=True, error=True, pods=True)
-    assert reads_for(started, job("sft-a1", ("Suspended", "")), key) == Reads()
+    assert reads(started, running) == Reads(progress=True), "running: its progress only"
+    assert reads(started, job("sft-a1", ("Failed", "boom"))) == Reads(results=True, error=True, pods=True)
+    assert reads(started, job("sft-a1", ("Suspended", ""))) == Reads()
     finished = done(st)
-    assert reads_for(finished, job("sft-a1", ("Succeeded", "")), key) == Reads(), "settled for its spec and key"
-    assert reads_for(finished, None, "another-key") == Reads(results=True), "new content: look for a cache hit"
+    assert reads(finished, job("sft-a1", ("Succeeded", ""))) == Reads(), "settled for its spec and key"
+    keys["sft"] = "another-key"
+    assert reads(finished, running) == Reads(results=True), "new content: look for a cache hit"
     plan = plan_stage(observe(finished))
     assert plan.status.phase == "Succeeded" and not plan.actions, "a settled stage keeps its status without its results"
 

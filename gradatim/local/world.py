@@ -112,6 +112,9 @@ class LocalWorld:
     def pipeline_stages(self, namespace: str, pipeline: str) -> dict[str, TrainingStage]:
         return {n: s for n, s in self.stages.items() if s.spec.pipeline == pipeline}
 
+    def graph_version(self, namespace: str, pipeline: str) -> int:
+        return 0  # the recipe's specs are fixed for the run's life
+
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.jobs.get(name)
 

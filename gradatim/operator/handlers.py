@@ -27,7 +27,9 @@ from gradatim.reconcile.shell import Key
 log = logging.getLogger("gradatim.operator")
 
 WORKERS = int(os.environ.get("GRADATIM_OPERATOR_WORKERS", "4"))
-RESYNC_SECONDS = float(os.environ.get("GRADATIM_OPERATOR_RESYNC_SECONDS", "30"))
+# Every stage is looked at again this often (events and each stage's own requeues do the real work; this is the
+# safety net, and at a thousand stages each pass costs a few seconds of CPU).
+RESYNC_SECONDS = float(os.environ.get("GRADATIM_OPERATOR_RESYNC_SECONDS", "120"))
 RELIST_SECONDS = float(os.environ.get("GRADATIM_OPERATOR_RELIST_SECONDS", "600"))
 METRICS_PORT = int(os.environ.get("GRADATIM_OPERATOR_METRICS_PORT", "8080"))
 STORAGE_PATIENCE = float(os.environ.get("GRADATIM_STORAGE_PATIENCE_SECONDS", STORAGE_PATIENCE_SECONDS))
@@ -41,6 +43,7 @@ def watched_namespaces() -> list[str]:
 
 
 cache = WatchCache()  # filled by the index handlers below from kopf's watches
+_pipeline_generations: dict[tuple[str, str], int | None] = {}  # the last generation each pipeline's stages were queued for
 _indexed = False  # set by the first event handler call: kopf calls none before every index is filled
 _worker: Worker | None = None  # set at startup; the only process-wide handle, for the handlers below
 
@@ -62,6 +65,8 @@ def _api_client() -> client.ApiClient:
 @kopf.on.startup()
 async def on_startup(settings: kopf.OperatorSettings, **_) -> None:
     global _worker
+    if not logging.getLogger("gradatim").isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # a line per handler call: thousands a minute at scale
     settings.posting.enabled = False  # we post our own Events, one per transition
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -146,7 +151,7 @@ def _mark_indexed() -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "trainingstages")
-def on_event_trainingstage(type: str, body: kopf.Body, stages_by_pipeline: kopf.Index, **_) -> None:
+def on_event_trainingstage(type: str, body: kopf.Body, **_) -> None:
     _mark_indexed()
     ns, name, pipeline = body.metadata.namespace, body.metadata.name, body.spec.get("pipeline", "")
     if type == "DELETED":
@@ -154,9 +159,13 @@ def on_event_trainingstage(type: str, body: kopf.Body, stages_by_pipeline: kopf.
     w = worker()
     w.queue.add(Key("stage", ns, name))
     w.queue.add(Key("pipeline", ns, pipeline))
-    if type in (None, "ADDED", "DELETED"):  # a stage appearing or going changes its siblings' graph
-        for sibling in stages_by_pipeline.get((ns, pipeline), []):
-            w.queue.add(Key("stage", ns, sibling))
+    if type in (None, "ADDED", "DELETED"):
+        # A stage appearing or going changes the graph of the stages that name it in dependsOn (found, or missing
+        # now); their own reconciles tell theirs in turn. Not every sibling: a pipeline of a thousand stages
+        # applied at once would queue a million reconciles.
+        for sibling, stage in cache.pipeline_stages(ns, pipeline).items():
+            if name in stage.spec.depends_on:
+                w.queue.add(Key("stage", ns, sibling))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingpipelines")
@@ -167,8 +176,15 @@ def on_event_trainingpipeline(type: str, body: kopf.Body, stages_by_pipeline: ko
         cache.drop_pipeline(ns, name)
     w = worker()
     w.queue.add(Key("pipeline", ns, name))
-    for stage in stages_by_pipeline.get((ns, name), []):
-        w.queue.add(Key("stage", ns, stage))
+    # Its stages only when its spec changed (a new generation) or it came or went: its status is written on every
+    # stage change, and each write comes back as an event.
+    generation = body.metadata.get("generation")
+    if type in (None, "ADDED", "DELETED") or _pipeline_generations.get((ns, name)) != generation:
+        _pipeline_generations[(ns, name)] = generation
+        for stage in stages_by_pipeline.get((ns, name), []):
+            w.queue.add(Key("stage", ns, stage))
+    if type == "DELETED":
+        _pipeline_generations.pop((ns, name), None)
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)

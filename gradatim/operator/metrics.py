@@ -105,7 +105,9 @@ class OperatorMetrics:
     def keep_only(self, live: Iterable[tuple[str, str]]) -> None:
         """Removes the series of stages not in `live` (namespace, name): deleted while the operator was busy."""
         keep = set(live)
-        for ns, name in [k for k in self._stage_series if k not in keep]:
+        with self._lock:  # workers add series while this runs
+            gone = [k for k in self._stage_series if k not in keep]
+        for ns, name in gone:
             self.forget_stage(ns, name)
 
     def _remove(self, key: StageKey, metrics: tuple[str, ...]) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 
 import kopf
+
+M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 
 
 def add_operator_command(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +21,17 @@ def add_operator_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: run(args.namespace, args.liveness, args.verbose))
 
 
+def _fewer_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per core); the workers and kopf's
+    executor threads parse objects in turn, and the arenas hold on to freed memory. Two are plenty here."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def run(namespaces: list[str] | None, liveness: str, verbose: bool = False) -> int:
+    _fewer_malloc_arenas()
     os.environ["GRADATIM_OPERATOR_NAMESPACES"] = ",".join(namespaces or [])  # read by the handlers' resync
     import gradatim.operator  # noqa: F401  (registers the handlers)
 

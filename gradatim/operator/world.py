@@ -32,12 +32,17 @@ def _trimmed(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": meta}
 
 
-def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
-    """Whether `new` is at least as recent as `old`. resourceVersions are opaque to clients in general; etcd's are
-    integers, and a write's response may reach the cache before an older watch event does."""
+def _version(body: Mapping[str, Any]) -> str | None:
+    return (body.get("metadata") or {}).get("resourceVersion")
+
+
+def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | str | None) -> bool:
+    """Whether `new` is at least as recent as `old` (an object or its resourceVersion). resourceVersions are opaque
+    to clients in general; etcd's are integers, and a write's response may reach the cache before an older watch
+    event does."""
     if old is None:
         return True
-    a, b = new.get("metadata", {}).get("resourceVersion"), old.get("metadata", {}).get("resourceVersion")
+    a, b = _version(new), old if isinstance(old, str) else _version(old)
     try:
         return int(a) >= int(b)
     except (TypeError, ValueError):
@@ -50,9 +55,11 @@ class WatchCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stages: dict[tuple[str, str], tuple[dict[str, Any], TrainingStage]] = {}
+        # Parsed once per change, kept parsed (with the resourceVersion), not as the raw body too: half the memory.
+        self._stages: dict[tuple[str, str], tuple[str | None, TrainingStage]] = {}
         self._by_pipeline: dict[tuple[str, str], set[str]] = {}
-        self._pipelines: dict[tuple[str, str], tuple[dict[str, Any], TrainingPipeline]] = {}
+        self._graph_versions: dict[tuple[str, str], int] = {}  # bumped when a pipeline's stages or their specs change
+        self._pipelines: dict[tuple[str, str], tuple[str | None, TrainingPipeline]] = {}
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
 
     # -- fed by the watches and by our own writes -------------------------------------------------------
@@ -66,17 +73,25 @@ class WatchCache:
                 return old[1]
         stage = kube.parse_stage(body)
         with self._lock:
+            if old is None or old[1].metadata.get("generation") != stage.metadata.get("generation") or old[1].spec.pipeline != stage.spec.pipeline:
+                self._bump(key[0], stage.spec.pipeline)
+                if old is not None:
+                    self._bump(key[0], old[1].spec.pipeline)
             if old is not None:
                 self._by_pipeline.get((key[0], old[1].spec.pipeline), set()).discard(key[1])
-            self._stages[key] = (body, stage)
+            self._stages[key] = (_version(body), stage)
             self._by_pipeline.setdefault((key[0], stage.spec.pipeline), set()).add(key[1])
         return stage
+
+    def _bump(self, namespace: str, pipeline: str) -> None:
+        self._graph_versions[(namespace, pipeline)] = self._graph_versions.get((namespace, pipeline), 0) + 1
 
     def drop_stage(self, namespace: str, name: str) -> None:
         with self._lock:
             old = self._stages.pop((namespace, name), None)
             if old is not None:
                 self._by_pipeline.get((namespace, old[1].spec.pipeline), set()).discard(name)
+                self._bump(namespace, old[1].spec.pipeline)
 
     def put_pipeline(self, body: Mapping[str, Any]) -> TrainingPipeline:
         body = _trimmed(body)
@@ -87,7 +102,7 @@ class WatchCache:
                 return old[1]
         pipeline = kube.parse_pipeline(body)
         with self._lock:
-            self._pipelines[key] = (body, pipeline)
+            self._pipelines[key] = (_version(body), pipeline)
         return pipeline
 
     def drop_pipeline(self, namespace: str, name: str) -> None:
@@ -112,11 +127,6 @@ class WatchCache:
             found = self._stages.get((namespace, name))
         return found[1] if found else None
 
-    def stage_body(self, namespace: str, name: str) -> dict[str, Any] | None:
-        with self._lock:
-            found = self._stages.get((namespace, name))
-        return found[0] if found else None
-
     def pipeline_stages(self, namespace: str, pipeline: str) -> dict[str, TrainingStage]:
         with self._lock:
             names = list(self._by_pipeline.get((namespace, pipeline), ()))
@@ -126,6 +136,10 @@ class WatchCache:
         with self._lock:
             found = self._pipelines.get((namespace, name))
         return found[1] if found else None
+
+    def graph_version(self, namespace: str, pipeline: str) -> int:
+        with self._lock:
+            return self._graph_versions.get((namespace, pipeline), 0)
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -166,6 +180,9 @@ class KubeWorld:
 
     def pipeline_stages(self, namespace: str, pipeline: str) -> dict[str, TrainingStage]:
         return self.cache.pipeline_stages(namespace, pipeline)
+
+    def graph_version(self, namespace: str, pipeline: str) -> int:
+        return self.cache.graph_version(namespace, pipeline)
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         found = self.cache.job(namespace, name)
@@ -225,8 +242,7 @@ class KubeWorld:
         refs = stage.metadata.get("ownerReferences") or []
         if any(r.get("uid") == pipeline.metadata["uid"] for r in refs):
             return
-        body = self.cache.stage_body(stage.metadata["namespace"], stage.metadata["name"])
-        updated = kube.ensure_owned_by_pipeline(self.api, body or stage.to_wire(), pipeline.to_wire())
+        updated = kube.ensure_owned_by_pipeline(self.api, {"metadata": stage.metadata}, pipeline.to_wire())
         if updated is not None:
             self.cache.put_stage(updated)
 

@@ -42,20 +42,26 @@ def find_cycle(stages: Mapping[str, TrainingStage]) -> list[str] | None:
 
 
 def on_cycle(name: str, stages: Mapping[str, TrainingStage]) -> list[str] | None:
-    """The cycle through `name`, if it lies on one."""
-    seen: set[str] = set()
-
-    def reaches(current: str, trail: list[str]) -> list[str] | None:
-        for dep in stages[current].spec.depends_on:
-            if dep == name:
-                return trail + [dep]
-            if dep in stages and dep not in seen:
-                seen.add(dep)
-                if found := reaches(dep, trail + [dep]):
-                    return found
+    """The cycle through `name`, if it lies on one. Linear: a breadth-first walk up the dependencies that keeps,
+    for each stage reached, the stage it was reached from."""
+    if name not in stages:
         return None
-
-    return reaches(name, [name]) if name in stages else None
+    reached_from: dict[str, str] = {}
+    frontier = [name]
+    while frontier:
+        following = []
+        for current in frontier:
+            for dep in stages[current].spec.depends_on:
+                if dep == name:
+                    path = [current]
+                    while path[-1] != name:
+                        path.append(reached_from[path[-1]])
+                    return [name, *reversed(path[:-1]), name]
+                if dep in stages and dep not in reached_from:
+                    reached_from[dep] = current
+                    following.append(dep)
+        frontier = following
+    return None
 
 
 def topological_order(stages: Mapping[str, TrainingStage]) -> list[str]:
@@ -115,15 +121,26 @@ def _key_material(stage: TrainingStage, dep_keys: Mapping[str, str], image: str)
     }
 
 
-def cache_keys(stages: Mapping[str, TrainingStage], image: str) -> dict[str, str]:
+def cache_keys(stages: Mapping[str, TrainingStage], image: str, memo: dict[tuple, str] | None = None) -> dict[str, str]:
     """The content key of every stage not on a cycle: a hash of its spec with inputs resolved to the keys of
-    the stages they come from, so editing a stage changes its key and every key downstream of it."""
+    the stages they come from, so editing a stage changes its key and every key downstream of it.
+
+    `memo` (kept by a caller that asks again and again) maps (uid, generation, image, upstream keys) to a key
+    already computed: a spec changes only with its generation, so only new or edited stages are hashed."""
     keys: dict[str, str] = {}
     for name in topological_order(stages):
-        deps = stages[name].spec.depends_on
+        stage = stages[name]
+        deps = stage.spec.depends_on
         if any(d in stages and d not in keys for d in deps):
             continue  # on or behind a cycle
-        material = _key_material(stages[name], keys, image)
+        uid, generation = stage.metadata.get("uid"), stage.metadata.get("generation")
+        known = (uid, generation, image, tuple(keys.get(d, "?") for d in deps)) if memo is not None and uid and generation else None
+        if known is not None and known in memo:
+            keys[name] = memo[known]
+            continue
+        material = _key_material(stage, keys, image)
         digest = hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         keys[name] = digest[:KEY_LENGTH]
+        if known is not None:
+            memo[known] = keys[name]
     return keys

@@ -39,6 +39,18 @@ class StorageFault:
     (no such bucket, refused credentials)."""
 
 
+def is_done(stage: TrainingStage, key: str | None) -> bool:
+    """Succeeded (or cached) for its current spec and key, with its gate passed."""
+    st = stage.status
+    return (
+        st is not None
+        and st.phase in ("Succeeded", "Cached")
+        and st.cache_key == key
+        and st.observed_generation == stage.metadata.get("generation")
+        and (st.gate is None or st.gate.passed)
+    )
+
+
 def is_settled(stage: TrainingStage, key: str | None) -> bool:
     """Finished (succeeded, cached or failed) for its current spec and content key: nothing under its key will
     change, so its status stands without reading anything."""
@@ -47,13 +59,19 @@ def is_settled(stage: TrainingStage, key: str | None) -> bool:
             and st.observed_generation == stage.metadata.get("generation"))
 
 
-def reads_for(stage: TrainingStage, job: Mapping[str, Any] | None, key: str | None) -> Reads:
-    """What to read for `stage`, whose current job is `job` and whose content key is `key`."""
-    st = stage.status
+def reads_for(stage: TrainingStage, job: Mapping[str, Any] | None, keys: Mapping[str, str], siblings: Mapping[str, TrainingStage]) -> Reads:
+    """What to read for `stage`, whose current job is `job`; `keys` are the content keys of its pipeline's stages."""
+    st, key = stage.status, keys.get(stage.metadata["name"])
     if key is None or is_settled(stage, key):
         return Reads()
-    if job is None or st is None or st.cache_key != key:
-        return Reads(results=True)  # new content, or no job: a run of it may have finished before (a cache hit)
+    if job is None:
+        # A run of this content may have finished before (a cache hit); worth a look once the stage could start.
+        # Until then its dependencies are not done, and when they are, it is reconciled again.
+        deps = [siblings.get(d) for d in stage.spec.depends_on]
+        waiting = any(d is None or not is_done(d, keys.get(d.metadata["name"])) for d in deps)
+        return Reads() if waiting else Reads(results=True)
+    if st is None or st.cache_key != key:
+        return Reads(results=True)  # new content: a run of it may have finished before
     state = job_state(job)
     if state is JobState.RUNNING:
         return Reads(progress=True)

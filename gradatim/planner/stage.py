@@ -20,7 +20,7 @@ from gradatim.api.stage import GateResult, Progress, TrainingStage, TrainingStag
 from gradatim.planner.conditions import condition, conditions_for
 from gradatim.planner.graph import cache_keys, on_cycle
 from gradatim.planner.jobs import JobState, job_state
-from gradatim.planner.observe import Reads, StorageFault, is_settled, reads_for
+from gradatim.planner.observe import Reads, StorageFault, is_done, is_settled, reads_for
 from gradatim.planner.render import (
     KEY_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -103,18 +103,6 @@ class Plan:
 
 def backoff_seconds(base: int, retries: int) -> int:
     return min(base * 2 ** max(retries - 1, 0), MAX_BACKOFF_SECONDS)
-
-
-def is_done(stage: TrainingStage, key: str | None) -> bool:
-    """Succeeded (or cached) for its current spec and key, with its gate passed."""
-    st = stage.status
-    return (
-        st is not None
-        and st.phase in ("Succeeded", "Cached")
-        and st.cache_key == key
-        and st.observed_generation == stage.metadata.get("generation")
-        and (st.gate is None or st.gate.passed)
-    )
 
 
 def _upstream_problem(dep: TrainingStage) -> str | None:
@@ -224,7 +212,7 @@ def check_graph(p: _Planning) -> Plan | None:
         return p.finish("Blocked", "DependencyNotFound", f"spec.dependsOn: no stage {', '.join(missing)} in pipeline {stage.spec.pipeline}")
     if cycle := on_cycle(name, o.siblings):
         return p.finish("Blocked", "DependencyCycle", f"spec.dependsOn: dependency cycle {' -> '.join(cycle)}")
-    if unfit := unfit_inputs(stage, {n: s.spec.type for n, s in o.siblings.items()}):
+    if unfit := unfit_inputs(stage, {d: o.siblings[d].spec.type for d in stage.spec.depends_on}):  # fromStage is in dependsOn
         return p.finish("Invalid", "InvalidInput", "; ".join(unfit))
     return None
 

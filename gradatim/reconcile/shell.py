@@ -22,7 +22,8 @@ from gradatim.storage.runfiles import STORAGE_ERRORS, RunFiles, read_run_files, 
 
 log = logging.getLogger("gradatim.reconcile")
 
-POLL_RUNNING_SECONDS = 5.0  # how often a running or suspended stage is looked at again (progress, the job's end)
+POLL_RUNNING_SECONDS = 5.0
+MEMO_LIMIT = 10_000  # content keys remembered, roughly one per live stage  # how often a running or suspended stage is looked at again (progress, the job's end)
 
 
 @dataclass(frozen=True, order=True)
@@ -51,18 +52,24 @@ class Shell:
     def __init__(self, world: World, storage_patience_seconds: float = STORAGE_PATIENCE_SECONDS) -> None:
         self.world = world
         self.storage_patience_seconds = storage_patience_seconds
+        # Memos of a pure function (cache_keys), not state: losing them changes no decision.
+        self._key_memo: dict[tuple, str] = {}
         self._keys: dict[tuple[str, str], tuple[Any, dict[str, str]]] = {}
 
     def content_keys(self, namespace: str, pipeline: TrainingPipeline, siblings: dict[str, TrainingStage]) -> dict[str, str]:
-        """`cache_keys` of the pipeline's stages, computed again only when a spec changed (a generation) or the set
-        of stages did: with a thousand stages, hashing them all on every reconcile would dominate."""
-        image = pipeline.spec.image
-        fingerprint = (image, tuple(sorted((n, s.metadata.get("uid"), s.metadata.get("generation")) for n, s in siblings.items())))
-        memo = self._keys.get((namespace, pipeline.metadata["name"]))
-        if memo is None or memo[0] != fingerprint:
-            memo = (fingerprint, cache_keys(siblings, image))
-            self._keys[(namespace, pipeline.metadata["name"])] = memo
-        return memo[1]
+        """`cache_keys` of the pipeline's stages, computed again only when the world says its graph changed, and
+        then hashing only stages new or edited: with a thousand stages, hashing them all on every reconcile would
+        dominate."""
+        name = pipeline.metadata["name"]
+        version = (self.world.graph_version(namespace, name), pipeline.spec.image)
+        known = self._keys.get((namespace, name))
+        if known is not None and known[0] == version:
+            return known[1]
+        if len(self._key_memo) > 4 * MEMO_LIMIT:  # generations of deleted or edited stages pile up: start afresh
+            self._key_memo.clear()
+        keys = cache_keys(siblings, pipeline.spec.image, self._key_memo)
+        self._keys[(namespace, name)] = (version, keys)
+        return keys
 
     # -- stages -----------------------------------------------------------------------------------------
 
@@ -81,7 +88,7 @@ class Shell:
         current = status.job_name if status and status.job_name else job_name(name, (status.attempt if status else 0) + 1)
         job = world.job(namespace, current)
         keys = self.content_keys(namespace, pipeline, siblings) if pipeline is not None else None
-        reads = reads_for(stage, job, keys.get(name)) if keys is not None else None
+        reads = reads_for(stage, job, keys, siblings) if keys is not None else None
         files, problems, fault = RunFiles(), [], None
         if reads is not None and reads.storage:
             store, problems = world.storage(pipeline)

@@ -3,6 +3,7 @@ stages, pipelines and jobs over the API server) and `LocalWorld` (`gradatim run`
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, Protocol
 
 from gradatim.api import TrainingPipeline, TrainingStage
@@ -16,6 +17,11 @@ class World(Protocol):
 
     def pipeline_stages(self, namespace: str, pipeline: str) -> dict[str, TrainingStage]:
         """Every stage that names `pipeline`, by name."""
+        ...
+
+    def graph_version(self, namespace: str, pipeline: str) -> Hashable:
+        """Changes whenever a stage of the pipeline comes, goes or gets a new spec (generation): the content keys
+        are computed again only then."""
         ...
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -168,13 +168,13 @@ class Reporter:
         self._last_write = now
         record = RunProgress(step=step, total_steps=total, eta_seconds=eta, checkpoint_uri=self.spec.output.checkpoint_uri,
                              metrics={k: float(v) for k, v in values.items()}, **extra)
-        write_json(self.store, self.spec.output.uri + PROGRESS_FILE, record.model_dump(by_alias=True, mode="json"))
+        write_json(self.store, self.spec.output.uri + PROGRESS_FILE, record.model_dump(by_alias=True, mode="json", exclude_none=True))
 
     def results(self, metrics: dict[str, float], outputs: dict[str, str], **extra: Any) -> dict[str, Any]:
         """Writes results.json, last: its presence is what marks the run complete."""
         record = RunResults(metrics=metrics, outputs=outputs, duration_seconds=time.monotonic() - self.started,
                             attempt=self.spec.attempt, cache_key=self.spec.cache_key, history=self.history, **extra
-                            ).model_dump(by_alias=True, mode="json")
+                            ).model_dump(by_alias=True, mode="json", exclude_none=True)
         if self.enabled and self.store is not None:
             write_json(self.store, self.spec.output.uri + RESULTS_FILE, record)
             log.info("Wrote results: %s", metrics)
