@@ -231,7 +231,10 @@ def main() -> int:
         runs = {}
         if args.baseline:
             n = args.baseline_stages or args.stages
-            runs["baseline"] = measure(info, api, n, min(args.pipelines, n), args.chain, args.baseline, f"baseline {args.baseline}, {n}+{n} stages")
+            try:
+                runs["baseline"] = measure(info, api, n, min(args.pipelines, n), args.chain, args.baseline, f"baseline {args.baseline}, {n}+{n} stages")
+            except (TimeoutError, AssertionError) as err:  # an operator that cannot keep up at this load: say so, go on
+                print(f"[baseline {args.baseline}, {n}+{n} stages] did not finish: {str(err).splitlines()[0]}", flush=True)
         runs["new"] = measure(info, api, args.stages, args.pipelines, args.chain, None, f"this tree, {args.stages}+{args.stages} stages")
     finally:
         if own:
