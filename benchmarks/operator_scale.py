@@ -45,7 +45,6 @@ from gradatim.cluster.progress import PlainProgress  # noqa: E402
 from tests.operator_harness import Harness  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RESYNC_SECONDS = 10
 
 
 def rss_mb(pid: int) -> float:
@@ -136,7 +135,7 @@ def wait_until(what: str, done, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None, label: str) -> dict[str, float]:
+def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None, label: str, resync: float) -> dict[str, float]:
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
     h = Harness(info, api, ns, Path(tempfile.mkdtemp(prefix="gradatim-bench-op-")))
@@ -144,10 +143,10 @@ def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None,
     custom = client.CustomObjectsApi(api)
     try:
         with operator_from(ref) as pythonpath:
-            h.operator.env.update(PYTHONPATH=pythonpath, GRADATIM_OPERATOR_RESYNC_SECONDS=str(RESYNC_SECONDS))
+            h.operator.env.update(PYTHONPATH=pythonpath, GRADATIM_OPERATOR_RESYNC_SECONDS=str(resync))
             # Started in that tree: `python -m` puts the working directory ahead of PYTHONPATH.
             h.operator.start = lambda: setattr(h.operator, "group", spawn(h.operator.argv, h.operator.log, Path(pythonpath), h.operator.env))
-            window = 2 * RESYNC_SECONDS
+            window = 2 * resync
             before = apiserver_requests(info)
             time.sleep(window)
             background = apiserver_requests(info) - before  # the controller-manager's and job runner's own traffic
@@ -188,7 +187,7 @@ def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None,
             handoff = [(ts(done[n]["startTime"]) - ts(done[names[i - 1]]["completionTime"])).total_seconds() for i, n in enumerate(names) if i]
 
             # A steady window: nothing changes, so every request is the resyncs' and the reconciles' own.
-            time.sleep(RESYNC_SECONDS)
+            time.sleep(resync)
             m0, r0 = operator_metrics(h), apiserver_requests(info)
             time.sleep(window)
             m1, r1 = operator_metrics(h), apiserver_requests(info)
@@ -220,6 +219,8 @@ def main() -> int:
     parser.add_argument("--chain", type=int, default=8)
     parser.add_argument("--baseline", default=None, help="a git commit whose operator to measure too, e.g. 775a0d7")
     parser.add_argument("--baseline-stages", type=int, default=None)
+    parser.add_argument("--resync-seconds", type=float, default=10.0,
+                        help="the operators' resync period, short so that a steady window holds reconciles (shipped: 120)")
     parser.add_argument("--state-dir", default=None)
     args = parser.parse_args()
 
@@ -232,10 +233,12 @@ def main() -> int:
         if args.baseline:
             n = args.baseline_stages or args.stages
             try:
-                runs["baseline"] = measure(info, api, n, min(args.pipelines, n), args.chain, args.baseline, f"baseline {args.baseline}, {n}+{n} stages")
+                runs["baseline"] = measure(info, api, n, min(args.pipelines, n), args.chain, args.baseline, f"baseline {args.baseline}, {n}+{n} stages",
+                                           args.resync_seconds)
             except (TimeoutError, AssertionError) as err:  # an operator that cannot keep up at this load: say so, go on
                 print(f"[baseline {args.baseline}, {n}+{n} stages] did not finish: {str(err).splitlines()[0]}", flush=True)
-        runs["new"] = measure(info, api, args.stages, args.pipelines, args.chain, None, f"this tree, {args.stages}+{args.stages} stages")
+        runs["new"] = measure(info, api, args.stages, args.pipelines, args.chain, None, f"this tree, {args.stages}+{args.stages} stages",
+                             args.resync_seconds)
     finally:
         if own:
             plane.down(PlainProgress())

@@ -44,7 +44,8 @@ def test_generation_engines_benchmark_runs_both_engines():
 
 
 def test_operator_scale_benchmark_runs(cluster):
-    out = run("operator_scale.py", "--stages", "12", "--pipelines", "3", "--chain", "3", "--state-dir", str(cluster.state_dir))
+    out = run("operator_scale.py", "--stages", "12", "--pipelines", "3", "--chain", "3", "--resync-seconds", "2",
+              "--state-dir", str(cluster.state_dir))
     last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
     assert float(last["rss_mb"]) > 0 and float(last["p99_handoff_ms"]) >= 0 and float(last["requests_per_reconcile"]) >= 0
     assert int(last["stages_live"]) == 12 + 12 + 3
