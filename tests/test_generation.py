@@ -81,7 +81,8 @@ def test_killed_generate_resumes_from_the_chunks_written(cluster, tmp_path):
     retry = first.model_copy(update={"attempt": 2})
     result = run_trainer(cluster, retry, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Resuming: {len(written)} of 40 chunk(s)" in result.stderr
+    resumed = [line for line in result.stderr.splitlines() if "Resuming" in line]
+    assert any(f"Resuming: {len(written)} of 40 chunk(s)" in line for line in resumed), (len(written), resumed)  # once flaky under load
     after = chunk_records(store, first.output.uri)
     assert sorted(after) == list(range(40))
     assert all(after[c] == written[c] for c in written), "a finished chunk is never redone"
