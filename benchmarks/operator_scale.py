@@ -48,16 +48,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rss_mb(pid: int) -> float:
-    """RSS of the operator's process group leader and its children (kopf runs in one process)."""
+    """RSS of one process (the operator runs in one)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def operator_pid(h: Harness) -> int:
-    """The operator's python process (the process group's leader is it: spawn starts it directly)."""
-    return h.operator.group
 
 
 def ts(value: str) -> datetime:
@@ -155,7 +150,7 @@ def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None,
             # operator a lot of CPU, and a real one scrapes every 30 s. The scrape's own cost is measured below.
             (Path(info.prometheus_sd_dir) / f"operator-{ns}.json").unlink(missing_ok=True)
             time.sleep(5)
-            idle = rss_mb(operator_pid(h))
+            idle = rss_mb(h.operator.group)  # spawn starts the operator as its group's leader
 
             def phases_written(prefix: str, count: int) -> bool:
                 items = custom.list_namespaced_custom_object("gradatim.io", "v1alpha1", ns, "trainingstages")["items"]
@@ -193,7 +188,7 @@ def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None,
             m1, r1 = operator_metrics(h), apiserver_requests(info)
             reconciles = series(m1, "gradatim_reconcile_total") - series(m0, "gradatim_reconcile_total")
             requests = max(r1 - r0 - background, 0.0)
-            loaded = rss_mb(operator_pid(h))
+            loaded = rss_mb(h.operator.group)  # spawn starts the operator as its group's leader
             scrape_started = time.monotonic()
             exposition = operator_metrics(h)
             scrape = time.monotonic() - scrape_started

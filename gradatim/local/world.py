@@ -24,7 +24,7 @@ from gradatim.cluster import kubeflow as kf
 from gradatim.cluster.processes import JobProcesses, Resolvers
 from gradatim.local.recipe import Recipe
 from gradatim.planner.graph import topological_order
-from gradatim.planner.stage import STORAGE_PATIENCE_SECONDS
+from gradatim.planner.stage import STORAGE_CONDITION, STORAGE_PATIENCE_SECONDS
 from gradatim.reconcile.shell import Shell
 
 log = logging.getLogger("gradatim.local")
@@ -160,7 +160,6 @@ class LocalRun:
         self.jobs = jobs
         self.state_dir = Path(state_dir)
         self.order = topological_order(recipe.stages)
-        self._storage_retrying: set[str] = set()
         self._saved = ""
 
     @property
@@ -180,18 +179,16 @@ class LocalRun:
         blocked or suspended, which only an edit of the recipe changes)."""
         if self.phase in FINISHED:
             return True
-        if self.pipeline.status is None or self._storage_retrying:  # not yet planned, or a stage's reads are retrying
+        if self.pipeline.status is None:
             return False
-        return not any(s.status and s.status.phase in ACTIVE for s in self.stages.values())
+        return not any(s.status and (s.status.phase in ACTIVE or _retrying_storage(s.status)) for s in self.stages.values())
 
     def step(self, now: datetime) -> None:
         """1. advance the jobs; 2. reconcile every stage, dependencies first, so a stage starts in the step its
         last dependency finished; 3. aggregate the pipeline; 4. write the status down."""
         self.jobs.sync(now)
         for name in self.order:
-            outcome = self.shell.reconcile_stage(self.namespace, name, now)
-            retrying = outcome.storage_error and outcome.stage is not None and outcome.stage.status.phase != "Blocked"
-            (self._storage_retrying.add if retrying else self._storage_retrying.discard)(name)
+            self.shell.reconcile_stage(self.namespace, name, now)
         self.shell.reconcile_pipeline(self.namespace, self.name, now)
         self.save()
 
@@ -214,6 +211,11 @@ class LocalRun:
         tmp.write_text(text)
         os.replace(tmp, self.state_dir / STATUS_FILE)
         self._saved = text
+
+
+def _retrying_storage(status: TrainingStageStatus) -> bool:
+    """S3 reads failing, not yet for long enough to block the stage: they may pass."""
+    return status.phase != "Blocked" and any(c.type == STORAGE_CONDITION and c.status == "False" for c in status.conditions)
 
 
 def read_status(state_dir: Path) -> tuple[str, TrainingPipeline, list[TrainingStage]]:

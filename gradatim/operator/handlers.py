@@ -125,22 +125,18 @@ def probe_queue(**_) -> int:
 # -- the cache: index handlers run on every change, before any event handler is called -------------------------
 
 @kopf.index(GROUP, VERSION, "trainingstages")
-def stages_by_pipeline(namespace: str, name: str, body: kopf.Body, spec: kopf.Spec, **_):
-    """Stage names by (namespace, pipeline); feeds the cache with the stage."""
-    cache.put_stage(body)
-    return {(namespace, spec.get("pipeline", "")): name}
+def stage_cache(body: kopf.Body, **_) -> None:
+    cache.put_stage(body)  # the cache is the index; kopf's own stays empty
 
 
 @kopf.index(GROUP, VERSION, "trainingpipelines")
-def pipelines(namespace: str, name: str, body: kopf.Body, **_):
+def pipeline_cache(body: kopf.Body, **_) -> None:
     cache.put_pipeline(body)
-    return {namespace: name}
 
 
 @kopf.index("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
-def jobs_by_stage(namespace: str, name: str, body: kopf.Body, labels: kopf.Labels, **_):
+def job_cache(body: kopf.Body, **_) -> None:
     cache.put_job(body)
-    return {(namespace, labels.get("gradatim.io/stage", "")): name}
 
 
 # -- events: keys on the queue -----------------------------------------------------------------------------
@@ -169,7 +165,7 @@ def on_event_trainingstage(type: str, body: kopf.Body, **_) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "trainingpipelines")
-def on_event_trainingpipeline(type: str, body: kopf.Body, stages_by_pipeline: kopf.Index, **_) -> None:
+def on_event_trainingpipeline(type: str, body: kopf.Body, **_) -> None:
     _mark_indexed()
     ns, name = body.metadata.namespace, body.metadata.name
     if type == "DELETED":
@@ -181,7 +177,7 @@ def on_event_trainingpipeline(type: str, body: kopf.Body, stages_by_pipeline: ko
     generation = body.metadata.get("generation")
     if type in (None, "ADDED", "DELETED") or _pipeline_generations.get((ns, name)) != generation:
         _pipeline_generations[(ns, name)] = generation
-        for stage in stages_by_pipeline.get((ns, name), []):
+        for stage in cache.pipeline_stages(ns, name):
             w.queue.add(Key("stage", ns, stage))
     if type == "DELETED":
         _pipeline_generations.pop((ns, name), None)

@@ -30,10 +30,6 @@ def get_or_none(fn, *args, **kwargs) -> Any:
         raise
 
 
-def get_stage(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    return get_or_none(_custom(api).get_namespaced_custom_object, GROUP, VERSION, namespace, STAGES, name)
-
-
 def list_stages(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
     return _custom(api).list_namespaced_custom_object(GROUP, VERSION, namespace, STAGES)["items"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client
@@ -18,7 +18,6 @@ from kubernetes.client.rest import ApiException
 
 from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.operator import kube
-from gradatim.planner.render import KEY_LABEL
 from gradatim.storage import s3
 
 log = logging.getLogger("gradatim.operator")
@@ -36,13 +35,12 @@ def _version(body: Mapping[str, Any]) -> str | None:
     return (body.get("metadata") or {}).get("resourceVersion")
 
 
-def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | str | None) -> bool:
-    """Whether `new` is at least as recent as `old` (an object or its resourceVersion). resourceVersions are opaque
-    to clients in general; etcd's are integers, and a write's response may reach the cache before an older watch
-    event does."""
+def _newer(new: Mapping[str, Any], old: str | None) -> bool:
+    """Whether `new` is at least as recent as the resourceVersion `old`. resourceVersions are opaque to clients in
+    general; etcd's are integers, and a write's response may reach the cache before an older watch event does."""
     if old is None:
         return True
-    a, b = _version(new), old if isinstance(old, str) else _version(old)
+    a, b = _version(new), old
     try:
         return int(a) >= int(b)
     except (TypeError, ValueError):
@@ -55,33 +53,48 @@ class WatchCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Parsed once per change, kept parsed (with the resourceVersion), not as the raw body too: half the memory.
+        # (resourceVersion, object) by (namespace, name): stages and pipelines parsed once per change, and kept
+        # parsed only (not as the raw body too: half the memory).
         self._stages: dict[tuple[str, str], tuple[str | None, TrainingStage]] = {}
         self._by_pipeline: dict[tuple[str, str], set[str]] = {}
         self._graph_versions: dict[tuple[str, str], int] = {}  # bumped when a pipeline's stages or their specs change
         self._pipelines: dict[tuple[str, str], tuple[str | None, TrainingPipeline]] = {}
-        self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._jobs: dict[tuple[str, str], tuple[str | None, dict[str, Any]]] = {}
 
     # -- fed by the watches and by our own writes -------------------------------------------------------
 
-    def put_stage(self, body: Mapping[str, Any]) -> TrainingStage | None:
+    def _put(self, table: dict, body: Mapping[str, Any], parse: Callable[[dict[str, Any]], Any],
+             indexed: Callable[[tuple[str, str], Any, Any], None] | None = None) -> Any:
+        """Stores `body` parsed, unless `table` holds a newer version; returns what the table holds after."""
         body = _trimmed(body)
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         with self._lock:
-            old = self._stages.get(key)
-            if old is not None and not _newer(body, old[0]):
-                return old[1]
-        stage = kube.parse_stage(body)
+            old = table.get(key)
+        if old is not None and not _newer(body, old[0]):
+            return old[1]
+        parsed = parse(body)  # outside the lock: the slow part
         with self._lock:
-            if old is None or old[1].metadata.get("generation") != stage.metadata.get("generation") or old[1].spec.pipeline != stage.spec.pipeline:
-                self._bump(key[0], stage.spec.pipeline)
-                if old is not None:
-                    self._bump(key[0], old[1].spec.pipeline)
-            if old is not None:
-                self._by_pipeline.get((key[0], old[1].spec.pipeline), set()).discard(key[1])
-            self._stages[key] = (_version(body), stage)
-            self._by_pipeline.setdefault((key[0], stage.spec.pipeline), set()).add(key[1])
-        return stage
+            old = table.get(key)
+            if old is not None and not _newer(body, old[0]):  # a newer one came while this was parsed
+                return old[1]
+            table[key] = (_version(body), parsed)
+            if indexed is not None:
+                indexed(key, old[1] if old is not None else None, parsed)
+        return parsed
+
+    def put_stage(self, body: Mapping[str, Any]) -> TrainingStage:
+        return self._put(self._stages, body, kube.parse_stage, self._index_stage)
+
+    def _index_stage(self, key: tuple[str, str], old: TrainingStage | None, stage: TrainingStage) -> None:
+        """Keeps the stages-by-pipeline index, and bumps the graph version where a stage came, moved or got a new spec."""
+        namespace, name = key
+        if old is None or old.metadata.get("generation") != stage.metadata.get("generation") or old.spec.pipeline != stage.spec.pipeline:
+            self._bump(namespace, stage.spec.pipeline)
+        if old is not None:
+            if old.spec.pipeline != stage.spec.pipeline:
+                self._bump(namespace, old.spec.pipeline)
+            self._by_pipeline.get((namespace, old.spec.pipeline), set()).discard(name)
+        self._by_pipeline.setdefault((namespace, stage.spec.pipeline), set()).add(name)
 
     def _bump(self, namespace: str, pipeline: str) -> None:
         self._graph_versions[(namespace, pipeline)] = self._graph_versions.get((namespace, pipeline), 0) + 1
@@ -94,27 +107,14 @@ class WatchCache:
                 self._bump(namespace, old[1].spec.pipeline)
 
     def put_pipeline(self, body: Mapping[str, Any]) -> TrainingPipeline:
-        body = _trimmed(body)
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        with self._lock:
-            old = self._pipelines.get(key)
-            if old is not None and not _newer(body, old[0]):
-                return old[1]
-        pipeline = kube.parse_pipeline(body)
-        with self._lock:
-            self._pipelines[key] = (_version(body), pipeline)
-        return pipeline
+        return self._put(self._pipelines, body, kube.parse_pipeline)
 
     def drop_pipeline(self, namespace: str, name: str) -> None:
         with self._lock:
             self._pipelines.pop((namespace, name), None)
 
     def put_job(self, body: Mapping[str, Any]) -> None:
-        body = _trimmed(body)
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        with self._lock:
-            if _newer(body, self._jobs.get(key)):
-                self._jobs[key] = body
+        self._put(self._jobs, body, lambda job: job)  # jobs are read as the API server wrote them
 
     def drop_job(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -143,7 +143,8 @@ class WatchCache:
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._jobs.get((namespace, name))
+            found = self._jobs.get((namespace, name))
+        return found[1] if found else None
 
     def all_stages(self) -> list[TrainingStage]:
         with self._lock:
@@ -267,5 +268,3 @@ class KubeWorld:
     def post_event(self, stage: TrainingStage, type_: str, reason: str, message: str) -> None:
         kube.post_event(self.api, {"apiVersion": stage.api_version, "kind": stage.kind, "metadata": stage.metadata}, type_, reason, message)
 
-
-__all__ = ["WatchCache", "KubeWorld", "KEY_LABEL"]

@@ -39,7 +39,6 @@ class StageOutcome:
 
     stage: TrainingStage | None  # with the status written; None when the stage is gone
     previous: TrainingStageStatus | None = None
-    plan: Plan | None = None
     changed: bool = False  # the status was written
     created_job: bool = False
     dependency_latency: float | None = None  # seconds from the last dependency's completion to this job's creation
@@ -105,7 +104,7 @@ class Shell:
             keys=keys, storage_fault=fault, storage_patience_seconds=self.storage_patience_seconds,
         ))
         log.debug("Planned stage %s/%s: %s %s: %s", namespace, name, plan.status.phase, plan.reason, plan.message)
-        outcome = StageOutcome(stage, previous=status, plan=plan, storage_error=fault is not None)
+        outcome = StageOutcome(stage, previous=status, storage_error=fault is not None)
         self._act(stage, plan, siblings, now, outcome)
         outcome.changed = self._write_status(stage, plan)
         outcome.stage = stage.model_copy(update={"status": plan.status})
@@ -150,16 +149,15 @@ class Shell:
 
     # -- pipelines --------------------------------------------------------------------------------------
 
-    def reconcile_pipeline(self, namespace: str, name: str, now: datetime) -> TrainingPipeline | None:
-        """Aggregates the pipeline's status from its stages; returns the pipeline with it (None when gone)."""
+    def reconcile_pipeline(self, namespace: str, name: str, now: datetime) -> None:
+        """Aggregates the pipeline's status from its stages."""
         pipeline = self.world.pipeline(namespace, name)
         if pipeline is None:
-            return None
+            return
         stages = self.world.pipeline_stages(namespace, name)
         status = plan_pipeline(pipeline, stages, now, self.content_keys(namespace, pipeline, stages))
         if pipeline.status is None or status.to_wire() != pipeline.status.to_wire():
             self.world.write_pipeline_status(pipeline, status.to_wire())
-        return pipeline.model_copy(update={"status": status})
 
 
 def _dependency_latency(stage: TrainingStage, siblings: dict[str, TrainingStage], now: datetime) -> float | None:
