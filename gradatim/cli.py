@@ -1,4 +1,4 @@
-"""The `gradatim` command: one entry point for the control plane, the operator, the job runner and local runs."""
+"""The `gradatim` command: one entry point for the control plane, the operator, the pod runner and local runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ from pathlib import Path
 def _crds(args: argparse.Namespace) -> int:
     from gradatim.api.crd import CRD_DIR, write_crds
 
+    from gradatim.planner.render import RUNTIME_MANIFEST_DIR, runtime_manifests
+
     for path in write_crds(args.out or CRD_DIR):
         print(f"Wrote {path}")
+    runtime_dir = CRD_DIR.parent / RUNTIME_MANIFEST_DIR
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in runtime_manifests().items():
+        (runtime_dir / name).write_text(text)
+        print(f"Wrote {runtime_dir / name}")
     return 0
 
 
@@ -39,13 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds")
     quick.set_defaults(func=_quickstart)
 
-    from gradatim.cluster.jobrunner import add_jobrunner_command
+    from gradatim.cluster.podrunner import add_podrunner_command
     from gradatim.local.run import add_run_command
     from gradatim.operator.run import add_operator_command
     from gradatim.report.cli import add_report_command
 
     add_operator_command(sub)
-    add_jobrunner_command(sub)
+    add_podrunner_command(sub)
     add_run_command(sub)
     add_report_command(sub)
 

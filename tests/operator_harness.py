@@ -1,5 +1,6 @@
-"""Runs the operator and the local job runner as real processes against the test cluster, and helps tests
-apply stages and wait on their status. The trainer inside the jobs is tests/stand_in_trainer.py."""
+"""Runs the operator and the pod runner (the kubelet's stand-in) as real processes against the test cluster, whose
+Kubeflow controllers turn the operator's jobs into pods, and helps tests apply stages and wait on their status.
+The trainer inside the pods is tests/stand_in_trainer.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from kubernetes.client.rest import ApiException
 from gradatim.api import GROUP, VERSION
 from gradatim.cluster.process import processes_in_group, signal_groups, spawn, stop_groups, wait_for
 from gradatim.cluster.targets import operator_targets
-from gradatim.cluster.jobrunner import free_port
+from gradatim.planner.jobs import KINDS
+from gradatim.cluster.podrunner import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN_IMAGE = "gradatim/stand-in-trainer:test"
@@ -58,6 +60,7 @@ class Harness:
     kube: client.ApiClient
     namespace: str
     workdir: Path
+    backend: str = "pytorchjob"  # the Kubeflow job kind every pipeline of this harness asks for
     operator: Process = field(init=False)
     runner: Process = field(init=False)
     metrics_port: int = field(default_factory=free_port)
@@ -73,10 +76,11 @@ class Harness:
             self.workdir / "operator.log",
         )
         self.runner = Process(
-            [sys.executable, "-m", "gradatim", "jobrunner", "-n", self.namespace, "--workdir", str(self.workdir / "jobs"),
-             "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer", "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir),
+            [sys.executable, "-m", "gradatim", "podrunner", "-n", self.namespace, "--workdir", str(self.workdir / "pods"),
+             "--node-name", f"node-{self.namespace}", "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer",
+             "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir),
              "--cpus", "64"],  # the stand-in trainer barely uses a core: let the tests' jobs run side by side
-            env, self.workdir / "jobrunner.log",
+            env, self.workdir / "podrunner.log",
         )
 
     def operator_kubeconfig(self) -> Path:
@@ -120,7 +124,7 @@ class Harness:
 
     def pipeline(self, name: str, secret: str = "s3", **spec: Any) -> dict[str, Any]:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingPipeline", "metadata": {"name": name},
-                "spec": {"image": STAND_IN_IMAGE, "storage": {"bucket": self.cluster.s3_bucket, "secretRef": {"name": secret}},
+                "spec": {"image": STAND_IN_IMAGE, "backend": self.backend, "storage": {"bucket": self.cluster.s3_bucket, "secretRef": {"name": secret}},
                          "resources": {"nodes": 1, "gpusPerNode": 0, "cpu": "1", "memory": "1Gi", "shmSize": "64Mi"}, **spec}}
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "trainingpipelines", body)
 
@@ -141,8 +145,15 @@ class Harness:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, "trainingstages", name, {"spec": spec})
 
     def jobs(self, stage: str | None = None) -> list[dict[str, Any]]:
+        """The stage's jobs of the harness's kind (PyTorchJobs or TrainJobs), oldest first."""
+        kind = KINDS[self.backend]
         selector = f"gradatim.io/stage={stage}" if stage else "app.kubernetes.io/managed-by=gradatim"
-        return self.custom.list_namespaced_custom_object("kubeflow.org", "v1", self.namespace, "pytorchjobs", label_selector=selector)["items"]
+        found = self.custom.list_namespaced_custom_object(kind.group, kind.version, self.namespace, kind.plural, label_selector=selector)["items"]
+        return sorted(found, key=lambda j: j["metadata"]["name"])
+
+    def pods(self, stage: str) -> list[dict[str, Any]]:
+        pods = client.CoreV1Api(self.kube).list_namespaced_pod(self.namespace, label_selector=f"gradatim.io/stage={stage}").items
+        return [self.kube.sanitize_for_serialization(p) for p in pods]
 
     def events(self, name: str) -> list[Any]:
         return [e for e in client.CoreV1Api(self.kube).list_namespaced_event(self.namespace).items if e.involved_object.name == name]
@@ -170,11 +181,11 @@ class Harness:
 
 
 @contextmanager
-def running_harness(cluster: Any, kube: client.ApiClient, workdir: Path, prefix: str) -> Iterator[Harness]:
-    """A fresh namespace with the S3 Secret, an operator and a job runner watching it; all gone afterwards."""
+def running_harness(cluster: Any, kube: client.ApiClient, workdir: Path, prefix: str, backend: str = "pytorchjob") -> Iterator[Harness]:
+    """A fresh namespace with the S3 Secret, an operator and a pod runner watching it; all gone afterwards."""
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
-    harness = Harness(cluster, kube, ns, workdir)
+    harness = Harness(cluster, kube, ns, workdir, backend)
     harness.s3_secret()
     harness.start()
     try:

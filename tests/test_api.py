@@ -23,6 +23,15 @@ def test_generated_crds_are_fresh():
         assert (CRD_DIR / name).read_text() == text, f"crds/{name} is stale; run `make crds`"
 
 
+def test_the_generated_cluster_training_runtime_is_fresh():
+    """manifests/trainer/ holds Gradatim's ClusterTrainingRuntime, rendered beside the TrainJobs that use it."""
+    from gradatim.planner.render import RUNTIME_MANIFEST_DIR, runtime_manifests
+
+    folder = CRD_DIR.parent / RUNTIME_MANIFEST_DIR
+    for name, text in runtime_manifests().items():
+        assert (folder / name).read_text() == text, f"{RUNTIME_MANIFEST_DIR}/{name} is stale; run `make crds`"
+
+
 def _walk(schema, path="spec", is_field=True):
     """Every node of a schema, and whether it is a named field (which must carry a description)."""
     yield path, schema, is_field

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from gradatim.storage import s3
-from gradatim.cluster.jobrunner import free_port
+from gradatim.cluster.podrunner import free_port
 from gradatim.cluster.layout import StateLayout
 from gradatim.cluster.state import ClusterState
 from tests.operator_harness import STORAGE_PATIENCE_SECONDS, running_harness

@@ -131,15 +131,46 @@ def test_failure_backs_off_retries_and_stops_at_the_limit():
     failed = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled"))))
     assert failed.status.phase == "Retrying" and failed.status.retries == 1 and failed.requeue_after == 10
     assert "OOMKilled" in failed.message
+    assert [a.name for a in failed.actions if isinstance(a, DeleteJob)] == ["sft-a1"], "the failed attempt's job goes at once"
     st = _with_status(st, failed.status)
     again = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled")), now=NOW + timedelta(seconds=5)))
     assert again.status.phase == "Retrying" and again.status.retries == 1, "one failure is counted once"
-    due = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled")), now=NOW + timedelta(seconds=11)))
+    gone = plan_stage(observe(st, job=None, now=NOW + timedelta(seconds=6)))
+    assert gone.status.phase == "Retrying" and gone.status.retries == 1 and not gone.actions and "OOMKilled" in gone.message, \
+        "with its job deleted, the back-off still holds and the failure is still told"
+    lingering = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled")), now=NOW + timedelta(seconds=11)))
+    assert lingering.status.job_name == "sft-a1" and not any(isinstance(a, CreateJob) for a in lingering.actions), \
+        "no next attempt while the failed one's job is still there (being deleted)"
+    due = plan_stage(observe(st, job=None, now=NOW + timedelta(seconds=11)))
     assert due.status.job_name == "sft-a2" and isinstance(due.actions[0], CreateJob)
     st = _with_status(st, due.status)
     final = plan_stage(observe(st, job=job("sft-a2", ("Failed", "NaN loss")), now=NOW + timedelta(seconds=60)))
     assert final.status.phase == "Failed" and "retry limit 1" in final.message
     assert {c.type: c.status for c in final.status.conditions}["Stalled"] == "True"
+
+
+def test_the_operator_enforces_the_deadline_from_the_jobs_start():
+    """training-operator v1.9 checks activeDeadlineSeconds only when an event touches the job: the planner does it,
+    on time (a requeue at the deadline), counting from the job's startTime (not time queued)."""
+    st = stage("sft", activeDeadlineSeconds=60, retryLimit=1, retryBackoffSeconds=5)
+    st = _with_status(st, plan_stage(observe(st)).status)
+    running = job("sft-a1", ("Running", ""))
+    queued = plan_stage(observe(st, job=job("sft-a1"), now=NOW + timedelta(seconds=600)))
+    assert queued.status.phase == "Running" and not queued.actions, "a job that never started has not used its time"
+    running["status"]["startTime"] = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    early = plan_stage(observe(st, job=running, now=NOW + timedelta(seconds=20)))
+    assert early.status.phase == "Running" and not early.actions and 40 <= early.requeue_after <= 42
+    late = plan_stage(observe(st, job=running, now=NOW + timedelta(seconds=61)))
+    assert late.status.phase == "Retrying" and late.status.retries == 1
+    assert "spec.activeDeadlineSeconds (60 s" in late.message and [a.name for a in late.actions if isinstance(a, DeleteJob)] == ["sft-a1"]
+    st = _with_status(st, late.status)
+    st = _with_status(st, plan_stage(observe(st, job=None, now=NOW + timedelta(seconds=70))).status)
+    assert st.status.job_name == "sft-a2"
+    second = job("sft-a2", ("Running", ""))
+    second["status"]["startTime"] = (NOW + timedelta(seconds=70)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    final = plan_stage(observe(st, job=second, now=NOW + timedelta(seconds=131)))
+    assert final.status.phase == "Failed" and "retry limit 1" in final.message
+    assert [a.name for a in final.actions if isinstance(a, DeleteJob)] == ["sft-a2"], "an overdue last attempt is stopped too"
 
 
 def test_failed_upstream_and_failed_gate_block_downstream_with_the_reason():

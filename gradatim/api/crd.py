@@ -197,6 +197,7 @@ def render_crds() -> dict[str, dict[str, Any]]:
             {"name": "ETA(s)", "type": "integer", "jsonPath": ".status.progress.etaSeconds"},
             {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
             {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+            {"name": "Backend", "type": "string", "jsonPath": ".status.backend", "priority": 1},
             _condition_column("Ready", "Ready", 1),
             _age(),
         ],

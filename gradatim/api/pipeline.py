@@ -9,7 +9,7 @@ from pydantic import Field
 
 from gradatim.api.base import DNS1123_LABEL, Condition, Model, conditions_field
 from gradatim.api.common import PipelineResources, S3Storage
-from gradatim.api.stage import EnvVar, StagePhase
+from gradatim.api.stage import Backend, EnvVar, StagePhase
 
 PipelinePhase = Literal["Pending", "Running", "Blocked", "Suspended", "Succeeded", "Failed", "Invalid"]
 
@@ -37,6 +37,10 @@ class TrainingPipelineSpec(Model):
     """PriorityClass of the trainer pods."""
     suspend: bool = False
     """Stop starting jobs and suspend running ones in every stage; set back to false to resume."""
+    backend: Backend = "auto"
+    """The Kubeflow job each stage runs as: `pytorchjob` (training-operator v1), `trainjob` (Trainer v2, on
+    Gradatim's ClusterTrainingRuntime `gradatim-torch`) or `auto` (PyTorchJob where its CRD is installed, else
+    TrainJob). A stage may set its own."""
 
 
 STAGE_SUMMARY_LIMIT = 256  # summaries in a pipeline's status: a status object must stay well under etcd's 1.5 MiB

@@ -31,6 +31,9 @@ from gradatim.api.hyperparams import (
 )
 
 StagePhase = Literal["Pending", "Blocked", "Running", "Retrying", "Suspended", "Succeeded", "Cached", "Failed", "Invalid"]
+Backend = Literal["auto", "pytorchjob", "trainjob"]
+"""`pytorchjob`: a Kubeflow training-operator v1 PyTorchJob; `trainjob`: a Kubeflow Trainer v2 TrainJob on
+Gradatim's ClusterTrainingRuntime; `auto`: PyTorchJob where its CRD is installed, else TrainJob."""
 STAGE_PHASES: tuple[str, ...] = get_args(StagePhase)
 
 # The headline metrics each type writes to results.json; a quality gate may only name one of these.
@@ -196,7 +199,8 @@ class TrainingStageSpec(Model, json_schema_extra=rules(*_type_block_rules(), *_i
     retry_backoff_seconds: int = Field(default=30, ge=0, le=86400)
     """Wait before the first retry; doubles each attempt, up to an hour."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
-    """Fail an attempt that runs longer than this (PyTorchJob `runPolicy.activeDeadlineSeconds`)."""
+    """Fail an attempt that runs longer than this, counted from its job's start (time queued for admission does not
+    count); the operator stops the job and retries as for any failure, on both backends."""
     quality_gate: QualityGate | None = None
     """A check on a headline metric that must pass before downstream stages start."""
     suspend: bool = False
@@ -205,6 +209,8 @@ class TrainingStageSpec(Model, json_schema_extra=rules(*_type_block_rules(), *_i
     """Kueue LocalQueue for this stage's job; left out: the pipeline's."""
     priority_class_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     """PriorityClass for this stage's pods; left out: the pipeline's."""
+    backend: Backend | None = None
+    """The Kubeflow job this stage runs as (`pytorchjob`, `trainjob` or `auto`); left out: the pipeline's."""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     """Random seed for data order, sampling and initialisation."""
 
@@ -248,11 +254,14 @@ class TrainingStageStatus(Model):
     """For humans: Pending, Blocked, Running, Retrying, Suspended, Succeeded, Cached, Failed or Invalid."""
     conditions: list[Condition] = conditions_field("`Ready`, `Reconciling` and `Stalled` (kstatus), plus `Succeeded` and `Blocked`.")
     attempt: int = Field(default=0, ge=0)
-    """Number of the latest PyTorchJob, from 1, counted over the stage's life; 0 before the first job."""
+    """Number of the latest job, from 1, counted over the stage's life; 0 before the first job."""
     retries: int = Field(default=0, ge=0)
     """Failed attempts of the current run (since the cache key last changed)."""
     job_name: str | None = Field(default=None, max_length=63)
-    """Name of the current attempt's PyTorchJob."""
+    """Name of the current attempt's job (a PyTorchJob or a TrainJob, as `backend` says)."""
+    backend: Literal["pytorchjob", "trainjob"] | None = None
+    """The kind of the current attempt's job: `pytorchjob` (Kubeflow training-operator v1) or `trainjob`
+    (Kubeflow Trainer v2)."""
     cache_key: str | None = Field(default=None, max_length=128)
     """Content key of the stage: its spec with inputs resolved to the keys of the stages they come from."""
     progress: Progress | None = None

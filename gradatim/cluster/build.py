@@ -36,6 +36,19 @@ class Binaries:
     kube_controller_manager: Path
     kubectl: Path
     etcd: Path
+    training_operator: Path
+    trainer_controller_manager: Path
+    jobset_controller: Path
+
+
+# The Kubeflow controllers: (cache dir name, module, version, main package, binary name).
+CONTROLLERS = (
+    ("training-operator", versions.TRAINING_OPERATOR_MODULE, versions.TRAINING_OPERATOR_VERSION,
+     "cmd/training-operator.v1", "training-operator"),
+    ("jobset", versions.JOBSET_MODULE, versions.JOBSET_VERSION, "", "jobset-controller"),
+    ("kubeflow-trainer", versions.TRAINER_MODULE, versions.TRAINER_VERSION,
+     "cmd/trainer-controller-manager", "trainer-controller-manager"),
+)
 
 
 def default_cache_dir() -> Path:
@@ -49,11 +62,20 @@ def ensure_binaries(cache_dir: Path, progress: Progress) -> Binaries:
     etcd_dir = cache_dir / "bin" / f"etcd-{versions.ETCD_VERSION}-{go_version}"
     ensure_built(etcd_dir, build_etcd, progress, f"etcd {versions.ETCD_VERSION}")
     ensure_built(kube_dir, build_kubernetes, progress, f"Kubernetes {versions.KUBERNETES_VERSION}")
+    controllers = {}
+    for name, module, version, package, binary in CONTROLLERS:
+        target = cache_dir / "bin" / f"{name}-{version}-{go_version}"
+        ensure_built(target, lambda out, p, m=module, v=version, pkg=package, b=binary: build_command(m, v, pkg, out / b, p),
+                     progress, f"{name} {version}")
+        controllers[name] = target / binary
     return Binaries(
         kube_apiserver=kube_dir / "kube-apiserver",
         kube_controller_manager=kube_dir / "kube-controller-manager",
         kubectl=kube_dir / "kubectl",
         etcd=etcd_dir / "etcd",
+        training_operator=controllers["training-operator"],
+        trainer_controller_manager=controllers["kubeflow-trainer"],
+        jobset_controller=controllers["jobset"],
     )
 
 
@@ -115,6 +137,17 @@ def build_etcd(out_dir: Path, progress: Progress) -> None:
     )
     # The module root (server/main.go) is etcd's main package.
     go_build(go_mod, [versions.ETCD_MODULE], "-s -w", out_dir / "etcd", progress)
+
+
+def build_command(module: str, version: str, package: str, output: Path, progress: Progress) -> None:
+    """One command of a module that needs no replaces (the Kubeflow controllers), from a throwaway main module that
+    requires it: `go install module/pkg@version` cannot be used, as it looks up the module's version list, which the
+    proxy here refuses for some modules."""
+    upstream = download_module(module, version)
+    lines = [f"module gradatim.local/{output.name}-build", ""]
+    lines += re.findall(r"^(?:go|godebug) .*$", Path(upstream["GoMod"]).read_text(), flags=re.M)
+    lines += ["", f"require {module} {version}", ""]
+    go_build("\n".join(lines), [f"{module}/{package}".rstrip("/")], "-s -w", output, progress)
 
 
 def render_go_mod(
@@ -182,12 +215,6 @@ def download_module(module: str, version: str) -> dict:
     if result.returncode != 0:
         raise ClusterError(f"go mod download {module}@{version} failed:\n{result.stdout}{result.stderr}")
     return json.loads(result.stdout)
-
-
-def pytorchjob_crd_path() -> Path:
-    """The Kubeflow PyTorchJob CRD, read from the Go module cache (never copied into the repo)."""
-    module = download_module(versions.TRAINING_OPERATOR_MODULE, versions.TRAINING_OPERATOR_VERSION)
-    return Path(module["Dir"]) / versions.PYTORCHJOB_CRD_PATH
 
 
 def read_go_version() -> str:

@@ -58,7 +58,9 @@ def run_build(args: argparse.Namespace) -> int:
     from gradatim.cluster.build import default_cache_dir, ensure_binaries
 
     binaries = ensure_binaries(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), ConsoleProgress())
-    print(f"Binaries ready: {binaries.kube_apiserver.parent} and {binaries.etcd.parent}")
+    for path in (binaries.kube_apiserver.parent, binaries.etcd.parent, binaries.training_operator.parent,
+                 binaries.jobset_controller.parent, binaries.trainer_controller_manager.parent):
+        print(f"Binaries ready: {path}")
     return 0
 
 

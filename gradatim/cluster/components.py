@@ -5,6 +5,7 @@ Every process listens on 127.0.0.1 only, on ports picked free at `up` time.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ CONTROLLERS = (
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",  # kube-root-ca.crt in every namespace, for in-cluster clients
     "clusterrole-aggregation-controller",  # fills admin/edit/view with aggregated (CRD) rules
+    "job-controller",  # JobSet (Kubeflow Trainer v2) runs each node group as a batch/v1 Job
 )
 PORT_NAMES = (
     "etcd_client",
@@ -39,9 +41,17 @@ PORT_NAMES = (
     "s3",
     "s3_grpc",
     "prometheus",
+    "training_operator_webhook",
+    "training_operator_health",
+    "jobset_webhook",
+    "jobset_health",
+    "trainer_webhook",
+    "trainer_health",
+    "trainer_status",
 )
+KUBEFLOW_CONTROLLERS = ("training-operator", "jobset-controller", "trainer-controller-manager")
 # Start order; `down` stops them in reverse.
-COMPONENTS = ("etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager")
+COMPONENTS = ("etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager", *KUBEFLOW_CONTROLLERS)
 
 
 def etcd_command(binaries: Binaries, layout: StateLayout, ports: dict[str, int]) -> list[str]:
@@ -109,6 +119,34 @@ def controller_manager_command(
         f"--cert-dir={layout.controller_manager_cert_dir}",
         "--profiling=false",
     ]
+
+
+def controller_env(layout: StateLayout) -> dict[str, str]:
+    """The Kubeflow controllers act with the admin kubeconfig (a cluster install gives each a ServiceAccount), and
+    read their webhook certificates under $TMPDIR, which is per control plane."""
+    return {**os.environ, "KUBECONFIG": str(layout.kubeconfig), "TMPDIR": str(layout.controllers_tmp_dir),
+            "MY_POD_NAMESPACE": "kubeflow"}
+
+
+def training_operator_command(binaries: Binaries, layout: StateLayout, ports: dict[str, int]) -> list[str]:
+    return [
+        str(binaries.training_operator),
+        "--enable-scheme=pytorchjob",
+        "--metrics-bind-address=0",
+        f"--health-probe-bind-address={HOST}:{ports['training_operator_health']}",
+        # It has no host flag: its webhook server listens on every interface at this port.
+        f"--webhook-server-port={ports['training_operator_webhook']}",
+        # No `init-pytorch` init container (it waits for the master's DNS name, which only the pod runner resolves).
+        f"--pytorch-init-container-template-file={layout.pytorch_init_template}",
+    ]
+
+
+def jobset_command(binaries: Binaries, layout: StateLayout) -> list[str]:
+    return [str(binaries.jobset_controller), f"--config={layout.jobset_config}"]
+
+
+def trainer_command(binaries: Binaries, layout: StateLayout) -> list[str]:
+    return [str(binaries.trainer_controller_manager), f"--config={layout.trainer_config}"]
 
 
 def seaweedfs_command(weed: Path, layout: StateLayout, ports: dict[str, int]) -> list[str]:

@@ -1,5 +1,6 @@
-"""The embedded control plane: etcd, kube-apiserver, kube-controller-manager, SeaweedFS S3
-and Prometheus as local processes, driven by `up`, `down` and `status`.
+"""The embedded control plane: etcd, kube-apiserver, kube-controller-manager, the Kubeflow controllers
+(training-operator, Trainer v2 and JobSet), SeaweedFS S3 and Prometheus as local processes, driven by `up`,
+`down` and `status`. Only the kubelet is stood in for, by the pod runner (`gradatim podrunner`).
 
 Used by `gradatim cluster ...`, by the pytest `cluster` fixture and by the quickstart,
 so all three get exactly the same cluster.
@@ -8,18 +9,19 @@ so all three get exactly the same cluster.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from gradatim.cluster import components, health
+from gradatim.cluster import components, controllers, health, versions
 from gradatim.cluster.build import Binaries, default_cache_dir, ensure_binaries
-from gradatim.cluster.crds import crd_files, install_crds
+from gradatim.cluster.crds import crd_files, install_crds, run_kubectl
 from gradatim.cluster.errors import ClusterError
 from gradatim.cluster.layout import StateLayout, default_state_dir
-from gradatim.cluster.pki import Pki, ensure_pki
+from gradatim.cluster.pki import Pki, ensure_pki, ensure_webhook_pki
 from gradatim.cluster.process import (
     is_running,
     pick_free_ports,
@@ -36,6 +38,7 @@ from gradatim.cluster.render import (
     render_prometheus_config,
     render_s3_identities,
 )
+from gradatim.planner.render import TRAINING_RUNTIME, render_cluster_training_runtime
 from gradatim.cluster.state import ClusterInfo, ClusterState, ComponentStatus, ProcessRecord
 
 START_TIMEOUT_SECONDS = 120  # generous: a loaded 2-core machine starts the API server in ~10 s
@@ -45,9 +48,12 @@ COMPONENT_PORTS = {
     "kube-controller-manager": ("controller_manager",),
     "seaweedfs": tuple(p for p in components.PORT_NAMES if p.startswith(("seaweedfs", "s3"))),
     "prometheus": ("prometheus",),
+    "training-operator": ("training_operator_webhook", "training_operator_health"),
+    "jobset-controller": ("jobset_webhook", "jobset_health"),
+    "trainer-controller-manager": ("trainer_webhook", "trainer_health"),
 }
-# Stopped in this order: the API server and its controllers first, storage last.
-STOP_STAGES = (("kube-controller-manager", "kube-apiserver"), ("etcd", "seaweedfs", "prometheus"))
+# Stopped in this order: the controllers, then the API server, storage last.
+STOP_STAGES = (components.KUBEFLOW_CONTROLLERS, ("kube-controller-manager", "kube-apiserver"), ("etcd", "seaweedfs", "prometheus"))
 # SeaweedFS's filer waits 15 s for its S3 subscription to end on SIGTERM; let it finish.
 STOP_GRACE_SECONDS = 30
 
@@ -165,17 +171,41 @@ class ControlPlane:
         self._start(
             state, "kube-controller-manager", components.controller_manager_command(binaries, layout, pki, ports)
         )
-        with progress.step("CRDs installed and Established (PyTorchJob + crds/)"):
+        with progress.step("CRDs installed and Established (PyTorchJob, TrainJob, JobSet + crds/)"):
             install_crds(binaries.kubectl, layout.kubeconfig, crd_files())
         kcm = "kube-controller-manager"
         self._wait(state, kcm, probes[kcm], progress, f"{kcm} healthy")
+        self._start_kubeflow(state, binaries, progress, probes)
         self._wait(state, "seaweedfs", probes["seaweedfs"], progress, f"SeaweedFS S3 answering at {info.s3_endpoint}")
         with progress.step(f"S3 bucket '{info.s3_bucket}' exists"):
             ensure_bucket(info)
         self._wait(state, "prometheus", probes["prometheus"], progress, f"Prometheus ready at {info.prometheus_url}")
 
-    def _start(self, state: ClusterState, name: str, command: list[str]) -> None:
-        pid = spawn(command, self.layout.log_file(name), cwd=self.layout.root)
+    def _start_kubeflow(self, state: ClusterState, binaries: Binaries, progress: Progress, probes: dict[str, Callable[[], bool]]) -> None:
+        """training-operator, JobSet and Kubeflow Trainer, with their webhooks registered on loopback."""
+        layout = self.layout
+        with progress.step("Kubeflow webhooks registered (training-operator, Trainer, JobSet)"):
+            webhook_pki = ensure_webhook_pki(layout.pki_dir)
+            controllers.write_serving_certs(layout.controllers_tmp_dir, webhook_pki)
+            objects = layout.root / "kubeflow-install.json"
+            objects.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                           "items": controllers.install_objects(state.ports, webhook_pki)}, indent=1))
+            run_kubectl(binaries.kubectl, layout.kubeconfig, ["apply", "--server-side", "--force-conflicts", "--field-manager=gradatim", "-f", str(objects)])
+        env = components.controller_env(layout)
+        self._start(state, "training-operator", components.training_operator_command(binaries, layout, state.ports), env)
+        self._start(state, "jobset-controller", components.jobset_command(binaries, layout), env)
+        self._start(state, "trainer-controller-manager", components.trainer_command(binaries, layout), env)
+        for name, title in (("training-operator", f"Kubeflow training-operator {versions.TRAINING_OPERATOR_VERSION} ready (PyTorchJob)"),
+                            ("jobset-controller", f"JobSet {versions.JOBSET_VERSION} ready"),
+                            ("trainer-controller-manager", f"Kubeflow Trainer {versions.TRAINER_VERSION} ready (TrainJob)")):
+            self._wait(state, name, probes[name], progress, title)
+        with progress.step(f"ClusterTrainingRuntime {TRAINING_RUNTIME} installed (manifests/trainer)"):
+            runtime = layout.root / "cluster-training-runtime.json"
+            runtime.write_text(json.dumps(render_cluster_training_runtime(), indent=1))
+            run_kubectl(binaries.kubectl, layout.kubeconfig, ["apply", "--server-side", "--force-conflicts", "--field-manager=gradatim", "-f", str(runtime)])
+
+    def _start(self, state: ClusterState, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        pid = spawn(command, self.layout.log_file(name), cwd=self.layout.root, env=env)
         state.processes[name] = ProcessRecord(pid=pid, command=command)
         state.save(self.layout)  # recorded at once, so an interrupted `up` can be cleaned up
 
@@ -211,6 +241,10 @@ class ControlPlane:
         layout.prometheus_config.write_text(
             render_prometheus_config(f"{components.HOST}:{ports['prometheus']}", str(layout.prometheus_sd_dir))
         )
+        layout.controllers_tmp_dir.mkdir(parents=True, exist_ok=True)
+        layout.pytorch_init_template.write_text("[]")
+        layout.jobset_config.write_text(controllers.jobset_config(ports, layout.controllers_tmp_dir / "k8s-webhook-server" / "serving-certs"))
+        layout.trainer_config.write_text(controllers.trainer_config(ports))
 
     def _health_probes(self, state: ClusterState) -> dict[str, Callable[[], bool]]:
         info = ClusterInfo.from_state(self.layout, state)
@@ -223,6 +257,9 @@ class ControlPlane:
                 info.s3_endpoint, info.s3_access_key, info.s3_secret_key, info.s3_region
             ),
             "prometheus": lambda: health.prometheus_ready(info.prometheus_url),
+            "training-operator": lambda: health.controller_ready(state.ports["training_operator_health"]),
+            "jobset-controller": lambda: health.controller_ready(state.ports["jobset_health"]),
+            "trainer-controller-manager": lambda: health.controller_ready(state.ports["trainer_health"]),
         }
 
     # -- down ----------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import gradatim
-from gradatim.cluster.build import pytorchjob_crd_path
+from gradatim.cluster import controllers
 from gradatim.cluster.errors import ClusterError
 
 
@@ -17,9 +17,10 @@ def repo_crds_dir() -> Path:
 
 
 def crd_files() -> list[Path]:
-    """Kubeflow's PyTorchJob CRD plus every CRD under the repo's `crds/` (not its kustomization)."""
+    """The Kubeflow job CRDs (PyTorchJob, TrainJob and its runtimes, JobSet) plus every CRD under the repo's
+    `crds/` (not its kustomization)."""
     ours = sorted(repo_crds_dir().rglob("*.yaml")) if repo_crds_dir().is_dir() else []
-    return [pytorchjob_crd_path(), *(path for path in ours if "kind: CustomResourceDefinition" in path.read_text())]
+    return [*controllers.crd_files(), *(path for path in ours if "kind: CustomResourceDefinition" in path.read_text())]
 
 
 def install_crds(kubectl: Path, kubeconfig: Path, files: list[Path], timeout_seconds: int = 60) -> None:

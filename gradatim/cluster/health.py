@@ -44,6 +44,11 @@ def controller_manager_healthy(port: int) -> bool:
     return http_ok(f"https://127.0.0.1:{port}/healthz", self_signed_context())
 
 
+def controller_ready(port: int) -> bool:
+    """A controller-runtime manager's readyz: true once its webhook server serves with its certificates."""
+    return http_ok(f"http://127.0.0.1:{port}/readyz")
+
+
 def prometheus_ready(url: str) -> bool:
     return http_ok(f"{url}/-/ready")
 

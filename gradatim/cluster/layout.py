@@ -71,5 +71,22 @@ class StateLayout:
         """Prometheus reads scrape targets from `*.json` files here (file_sd)."""
         return self.root / "prometheus-sd"
 
+    @property
+    def controllers_tmp_dir(self) -> Path:
+        """$TMPDIR of the Kubeflow controllers: their webhook servers read certificates below it."""
+        return self.root / "controllers-tmp"
+
+    @property
+    def pytorch_init_template(self) -> Path:
+        return self.root / "pytorch-init-containers.json"
+
+    @property
+    def jobset_config(self) -> Path:
+        return self.root / "jobset-config.json"
+
+    @property
+    def trainer_config(self) -> Path:
+        return self.root / "trainer-config.json"
+
     def log_file(self, component: str) -> Path:
         return self.logs_dir / f"{component}.log"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=3650)  # a local dev cluster should never expire under you
@@ -43,6 +43,40 @@ class Pki:
     controller_manager: CertPair
     service_account_key: Path
     service_account_public_key: Path
+
+
+# The webhook servers of the Kubeflow controllers, reached by the API server at https://127.0.0.1:<port>. The DNS
+# names are those of the Services a cluster install uses: training-operator's cert rotator checks its Secret's
+# certificate against its Service name (and its CA against `training-operator-ca`) and replaces it if they differ.
+WEBHOOK_DNS_NAMES = (
+    "localhost",
+    "training-operator.kubeflow.svc",
+    "kubeflow-trainer-controller-manager.kubeflow-system.svc",
+    "jobset-webhook-service.jobset-system.svc",
+)
+WEBHOOK_CA_DNS_NAMES = ("training-operator-ca",)
+
+
+@dataclass(frozen=True)
+class WebhookPki:
+    ca: CertPair
+    serving: CertPair
+
+
+def ensure_webhook_pki(pki_dir: Path) -> WebhookPki:
+    """A CA of its own for the webhooks (its key goes into a Secret the training-operator reads, so it must not be
+    the cluster CA) and one serving certificate for all of them. RSA keys in PKCS#1, the only kind the
+    training-operator's cert rotator parses."""
+    pki = WebhookPki(CertPair(pki_dir / "webhook-ca.crt", pki_dir / "webhook-ca.key"),
+                     CertPair(pki_dir / "webhook.crt", pki_dir / "webhook.key"))
+    if not (pki.ca.cert.exists() and pki.ca.key.exists()):
+        write_ca(pki.ca, common_name="gradatim-webhook-ca", dns_names=WEBHOOK_CA_DNS_NAMES, rsa_keys=True)
+        pki.serving.cert.unlink(missing_ok=True)
+    if not pki.serving.cert.exists():
+        ca_cert, ca_key = load_pair(pki.ca)
+        write_signed(pki.serving, ca_cert, ca_key, common_name="gradatim-webhooks", server=True,
+                     dns_names=WEBHOOK_DNS_NAMES, ips=("127.0.0.1",), rsa_keys=True)
+    return pki
 
 
 def ensure_pki(pki_dir: Path) -> Pki:
@@ -76,11 +110,18 @@ def ensure_pki(pki_dir: Path) -> Pki:
     return pki
 
 
-def write_ca(pair: CertPair) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gradatim-ca")])
+def new_key(rsa_keys: bool = False):
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_keys else ec.generate_private_key(ec.SECP256R1())
+
+
+def write_ca(pair: CertPair, common_name: str = "gradatim-ca", dns_names: tuple[str, ...] = (), rsa_keys: bool = False) -> None:
+    key = new_key(rsa_keys)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = certificate_builder(name, name, key.public_key())
+    if dns_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
     cert = (
-        certificate_builder(name, name, key.public_key())
+        builder
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -104,8 +145,11 @@ def write_signed(
     common_name: str,
     organization: str | None = None,
     server: bool = False,
+    dns_names: tuple[str, ...] = API_SERVER_DNS_NAMES,
+    ips: tuple[str, ...] = API_SERVER_IPS,
+    rsa_keys: bool = False,
 ) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key(rsa_keys)
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
@@ -119,8 +163,8 @@ def write_signed(
         )
     )
     if server:
-        names = [x509.DNSName(n) for n in API_SERVER_DNS_NAMES]
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in API_SERVER_IPS]
+        names = [x509.DNSName(n) for n in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     write_private_key(pair.key, key)
@@ -146,10 +190,10 @@ def load_pair(pair: CertPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     return cert, key
 
 
-def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+def write_private_key(path: Path, key) -> None:
+    # RSA keys as PKCS#1 ("RSA PRIVATE KEY"), which Go's x509.ParsePKCS1PrivateKey wants.
+    form = serialization.PrivateFormat.TraditionalOpenSSL if isinstance(key, rsa.RSAPrivateKey) else serialization.PrivateFormat.PKCS8
+    pem = key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)

@@ -1,6 +1,6 @@
 """`gradatim quickstart` (`make quickstart`): the README's main command.
 
-Brings up the embedded control plane, starts the operator and the local job runner next to it, gives the
+Brings up the embedded control plane, starts the operator and the pod runner (the kubelet's stand-in) next to it, gives the
 pipeline its S3 credentials as a Secret, applies `examples/quickstart/` with `kubectl apply -k`, follows the
 pipeline stage by stage in a live view, and ends with its report (HTML and plots, also published to S3).
 The control plane stays up afterwards, for kubectl and Prometheus; `gradatim cluster down` stops it.
@@ -25,7 +25,7 @@ from gradatim.cluster.process import spawn, stop_groups
 from gradatim.cluster.progress import ConsoleProgress
 from gradatim.cluster.state import ClusterInfo
 from gradatim.cluster.targets import operator_targets
-from gradatim.cluster.jobrunner import free_port
+from gradatim.cluster.podrunner import free_port
 from gradatim.operator import kube
 from gradatim.local.view import FINISHED, follow, stage_views
 
@@ -82,7 +82,7 @@ def run_quickstart(state_dir: str | None = None, example: Path | None = None, ti
             raise QuickstartError(f"kubectl {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done.stdout
 
-    # SIGTERM as Ctrl-C: unwind, so the operator and the job runner (which stops its trainers) are stopped too.
+    # SIGTERM as Ctrl-C: unwind, so the operator and the pod runner (which stops its trainers) are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     metrics_port = free_port()
     env = {**os.environ, "KUBECONFIG": str(info.kubeconfig), "GRADATIM_OPERATOR_METRICS_PORT": str(metrics_port)}
@@ -90,12 +90,12 @@ def run_quickstart(state_dir: str | None = None, example: Path | None = None, ti
     logs = info.state_dir / "logs"
     processes = {
         "operator": [*python, "operator", "-n", namespace, "--liveness", ""],
-        "jobrunner": [*python, "jobrunner", "-n", namespace, "--workdir", str(info.state_dir / "jobs"),
+        "podrunner": [*python, "podrunner", "-n", namespace, "--workdir", str(info.state_dir / "pods"),
                       "--prometheus-sd-dir", str(info.prometheus_sd_dir)],
     }
     with background(processes, env, logs):
         operator_targets(info.prometheus_sd_dir, "quickstart", metrics_port)
-        progress.info(f"Operator and job runner started (logs: {logs}/operator.log, jobrunner.log; trainer logs under {info.state_dir / 'jobs'})")
+        progress.info(f"Operator and pod runner started (logs: {logs}/operator.log, podrunner.log; trainer logs under {info.state_dir / 'pods'})")
         with progress.step(f"Created Secret {S3_SECRET} with the embedded S3 credentials"):
             namespace_yaml = f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n---\n"
             kubectl("apply", "-f", "-", stdin=namespace_yaml + render_s3_secret(info, namespace))

@@ -43,7 +43,7 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 def render_prometheus_config(self_address: str, sd_dir: str) -> str:
     """Scrapes itself, the operator and every running trainer, found through file_sd targets in `sd_dir`
-    (`operator-*.json` written by whoever starts an operator, `pytorchjob_*.json` by the local job runner).
+    (`operator-*.json` written by whoever starts an operator, `pod_*.json` by the pod runner, one per trainer pod).
     `honor_labels`: a stage's series carry its own `namespace`, which must win over the target's."""
 
     def file_sd(job: str, pattern: str) -> dict:
@@ -56,7 +56,7 @@ def render_prometheus_config(self_address: str, sd_dir: str) -> str:
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [self_address]}]},
             file_sd(OPERATOR_JOB, "operator-*.json"),
-            file_sd(TRAINER_JOB, "pytorchjob_*.json"),
+            file_sd(TRAINER_JOB, "pod_*.json"),
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)

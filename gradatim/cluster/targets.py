@@ -1,5 +1,5 @@
 """Prometheus file-based service discovery: the embedded Prometheus scrapes whatever target files lie in its
-sd dir (`operator-*.json` for the operator job, `pytorchjob_*.json` for trainers; see render.py)."""
+sd dir (`operator-*.json` for the operator job, `pod_*.json` for trainer pods; see render.py)."""
 
 from __future__ import annotations
 

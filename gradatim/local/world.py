@@ -92,14 +92,21 @@ class LocalJobs:
         self.processes.stop_all()
 
 
+def _as_pytorchjob(obj):
+    spec = obj.spec
+    return obj if spec.backend in (None, "auto", "pytorchjob") else obj.model_copy(update={"spec": spec.model_copy(update={"backend": "pytorchjob"})})
+
+
 class LocalWorld:
     """`gradatim.reconcile.world.World` in memory: the recipe's pipeline and stages, with the status the shell
     writes on them, the jobs `LocalJobs` runs, and the S3 of the run."""
 
     def __init__(self, recipe: Recipe, store: Any, jobs: LocalJobs) -> None:
         self.namespace = recipe.namespace
-        self.pipeline_object = recipe.pipeline
-        self.stages = dict(recipe.stages)
+        # Every stage runs as local processes in the PyTorchJob's shape, whatever spec.backend says (it picks the
+        # Kubeflow job kind on a cluster).
+        self.pipeline_object = _as_pytorchjob(recipe.pipeline)
+        self.stages = {n: _as_pytorchjob(s) for n, s in recipe.stages.items()}
         self.store = store
         self.jobs = jobs
 
@@ -115,10 +122,13 @@ class LocalWorld:
     def graph_version(self, namespace: str, pipeline: str) -> int:
         return 0  # the recipe's specs are fixed for the run's life
 
-    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def installed_backends(self) -> frozenset[str]:
+        return frozenset({"pytorchjob"})
+
+    def job(self, namespace: str, name: str, backend: str) -> dict[str, Any] | None:
         return self.jobs.get(name)
 
-    def job_pods(self, namespace: str, stage: str, job: str) -> list[dict[str, Any]]:
+    def job_pods(self, namespace: str, stage: str, job: str, backend: str) -> list[dict[str, Any]]:
         return list(self.jobs.pods(job))
 
     def storage(self, pipeline: TrainingPipeline) -> tuple[Any, list[str]]:
@@ -130,10 +140,10 @@ class LocalWorld:
     def create_job(self, job: dict[str, Any], configmap: dict[str, Any]) -> bool:
         return self.jobs.create(job, configmap, datetime.now(timezone.utc))
 
-    def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
+    def set_job_suspended(self, namespace: str, name: str, suspended: bool, backend: str) -> None:
         self.jobs.set_suspended(name, suspended)
 
-    def delete_job(self, namespace: str, name: str) -> None:
+    def delete_job(self, namespace: str, name: str, backend: str) -> None:
         self.jobs.delete(name)
 
     def write_stage_status(self, stage: TrainingStage, status: dict[str, Any]) -> None:

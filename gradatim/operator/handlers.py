@@ -21,6 +21,7 @@ from gradatim.operator import kube
 from gradatim.operator.metrics import OperatorMetrics
 from gradatim.operator.worker import Worker
 from gradatim.operator.world import KubeWorld, WatchCache
+from gradatim.planner.jobs import KINDS, PYTORCHJOB, TRAINJOB
 from gradatim.planner.stage import STORAGE_PATIENCE_SECONDS
 from gradatim.reconcile.shell import Key
 
@@ -105,15 +106,24 @@ async def _relist() -> None:
 def _drop_vanished(api: client.ApiClient, namespaces: list[str]) -> None:
     custom = client.CustomObjectsApi(api)
     scopes = namespaces or [None]
-    for group, version, plural, drop in ((GROUP, VERSION, kube.STAGES, cache.drop_stage), (GROUP, VERSION, kube.PIPELINES, cache.drop_pipeline),
-                                         (kube.KF_GROUP, kube.KF_VERSION, kube.PYTORCHJOBS, cache.drop_job)):
+
+    def listed(group: str, version: str, plural: str) -> set[tuple[str, str]]:
         live = set()
         for ns in scopes:
-            listed = (custom.list_namespaced_custom_object(group, version, ns, plural) if ns
-                      else custom.list_cluster_custom_object(group, version, plural))
-            live |= {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in listed["items"]}
-        for key in cache.keys(plural) - live:
-            log.info("Dropped %s %s/%s from the cache: deleted while a watch was broken", plural, *key)
+            found = (custom.list_namespaced_custom_object(group, version, ns, plural) if ns
+                     else custom.list_cluster_custom_object(group, version, plural))
+            live |= {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in found["items"]}
+        return live
+
+    jobs: set[tuple[str, str]] = set()
+    for backend in kube.installed_backends(api):
+        kind = KINDS[backend]
+        jobs |= listed(kind.group, kind.version, kind.plural)
+    for table, live, drop in (("stages", listed(GROUP, VERSION, kube.STAGES), cache.drop_stage),
+                              ("pipelines", listed(GROUP, VERSION, kube.PIPELINES), cache.drop_pipeline),
+                              ("jobs", jobs, cache.drop_job)):
+        for key in cache.keys(table) - live:
+            log.info("Dropped %s %s/%s from the cache: deleted while a watch was broken", table, *key)
             drop(*key)
 
 
@@ -134,8 +144,14 @@ def pipeline_cache(body: kopf.Body, **_) -> None:
     cache.put_pipeline(body)
 
 
-@kopf.index("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
-def job_cache(body: kopf.Body, **_) -> None:
+@kopf.index(PYTORCHJOB.group, PYTORCHJOB.version, PYTORCHJOB.plural, labels=MANAGED)
+def pytorchjob_cache(body: kopf.Body, **_) -> None:
+    cache.put_job(body)
+
+
+# kopf watches only what the cluster serves: without Trainer v2 installed, this index waits for nothing.
+@kopf.index(TRAINJOB.group, TRAINJOB.version, TRAINJOB.plural, labels=MANAGED)
+def trainjob_cache(body: kopf.Body, **_) -> None:
     cache.put_job(body)
 
 
@@ -183,11 +199,20 @@ def on_event_trainingpipeline(type: str, body: kopf.Body, **_) -> None:
         _pipeline_generations.pop((ns, name), None)
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
-def on_event_pytorchjob(type: str, body: kopf.Body, **_) -> None:
+def _on_job_event(type: str, body: kopf.Body) -> None:
     _mark_indexed()
     if type == "DELETED":
         cache.drop_job(body.metadata.namespace, body.metadata.name)
     stage = body.metadata.labels.get("gradatim.io/stage")
     if stage:
         worker().queue.add(Key("stage", body.metadata.namespace, stage))
+
+
+@kopf.on.event(PYTORCHJOB.group, PYTORCHJOB.version, PYTORCHJOB.plural, labels=MANAGED)
+def on_event_pytorchjob(type: str, body: kopf.Body, **_) -> None:
+    _on_job_event(type, body)
+
+
+@kopf.on.event(TRAINJOB.group, TRAINJOB.version, TRAINJOB.plural, labels=MANAGED)
+def on_event_trainjob(type: str, body: kopf.Body, **_) -> None:
+    _on_job_event(type, body)

@@ -11,10 +11,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gradatim.api import GROUP, VERSION, TrainingPipeline, TrainingStage
-from gradatim.planner.render import KUBEFLOW_JOB_LABEL, STAGE_LABEL
+from gradatim.planner.jobs import KINDS, PYTORCHJOB, TRAINJOB, JobKind, kind_of, suspend_patch
+from gradatim.planner.render import STAGE_LABEL
 
 STAGES, PIPELINES = "trainingstages", "trainingpipelines"
-KF_GROUP, KF_VERSION, PYTORCHJOBS = "kubeflow.org", "v1", "pytorchjobs"
+PYTORCHJOBS, TRAINJOBS = PYTORCHJOB.plural, TRAINJOB.plural
 
 
 def _custom(api: client.ApiClient) -> client.CustomObjectsApi:
@@ -38,13 +39,29 @@ def get_pipeline(api: client.ApiClient, namespace: str, name: str) -> dict[str, 
     return get_or_none(_custom(api).get_namespaced_custom_object, GROUP, VERSION, namespace, PIPELINES, name)
 
 
-def get_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    return get_or_none(_custom(api).get_namespaced_custom_object, KF_GROUP, KF_VERSION, namespace, PYTORCHJOBS, name)
+def get_job(api: client.ApiClient, namespace: str, name: str, kind: JobKind = PYTORCHJOB) -> dict[str, Any] | None:
+    return get_or_none(_custom(api).get_namespaced_custom_object, kind.group, kind.version, namespace, kind.plural, name)
 
 
-def list_job_pods(api: client.ApiClient, namespace: str, stage: str, job: str) -> list[dict[str, Any]]:
-    """The pods of a stage's job (by the labels rendered on its pod template and the job name Kubeflow adds)."""
-    selector = f"{STAGE_LABEL}={stage},{KUBEFLOW_JOB_LABEL}={job}"
+def installed_backends(api: client.ApiClient) -> frozenset[str]:
+    """The job kinds the API server serves, from discovery (which every authenticated client may read)."""
+    found = set()
+    for kind in KINDS.values():
+        try:
+            served = api.call_api(f"/apis/{kind.api_version}", "GET", response_type="object", auth_settings=["BearerToken"],
+                                  _return_http_data_only=True)
+        except ApiException as err:
+            if err.status == 404:
+                continue
+            raise
+        if any(r.get("name") == kind.plural for r in (served or {}).get("resources", [])):
+            found.add(kind.backend)
+    return frozenset(found)
+
+
+def list_job_pods(api: client.ApiClient, namespace: str, stage: str, job: str, kind: JobKind = PYTORCHJOB) -> list[dict[str, Any]]:
+    """The pods of a stage's job (by the labels rendered on its pod template and the job name its controller adds)."""
+    selector = f"{STAGE_LABEL}={stage},{kind.job_label}={job}"
     pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
     return [api.sanitize_for_serialization(p) for p in pods]
 
@@ -67,37 +84,39 @@ def parse_pipeline(body: dict[str, Any]) -> TrainingPipeline:
 
 
 def create_or_adopt_job(api: client.ApiClient, job: dict[str, Any], configmap: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Creates the ConfigMap and the PyTorchJob. On AlreadyExists, adopts the existing job when it is ours
-    (same stage owner and cache key), as after a restart mid-reconcile. Returns (job, created)."""
-    ns = job["metadata"]["namespace"]
+    """Creates the ConfigMap and the job (PyTorchJob or TrainJob). On AlreadyExists, adopts the existing job when it
+    is ours (same stage owner and cache key), as after a restart mid-reconcile. Returns (job, created)."""
+    ns, kind = job["metadata"]["namespace"], kind_of(job)
     try:
         client.CoreV1Api(api).create_namespaced_config_map(ns, configmap)
     except ApiException as err:
         if err.status != 409:
             raise
     try:
-        return _custom(api).create_namespaced_custom_object(KF_GROUP, KF_VERSION, ns, PYTORCHJOBS, job), True
+        return _custom(api).create_namespaced_custom_object(kind.group, kind.version, ns, kind.plural, job), True
     except ApiException as err:
         if err.status != 409:
             raise
-    existing = get_job(api, ns, job["metadata"]["name"])
+    existing = get_job(api, ns, job["metadata"]["name"], kind)
     if existing is None:
-        raise RuntimeError(f"PyTorchJob {job['metadata']['name']} exists and vanished; retrying")
+        raise RuntimeError(f"{kind.kind} {job['metadata']['name']} exists and vanished; retrying")
     ours = job["metadata"]["ownerReferences"][0]["uid"]
     owners = [r.get("uid") for r in existing["metadata"].get("ownerReferences", [])]
     key_label = "gradatim.io/cache-key"
     if ours not in owners or existing["metadata"].get("labels", {}).get(key_label) != job["metadata"]["labels"][key_label]:
-        raise RuntimeError(f"PyTorchJob {job['metadata']['name']} already exists and belongs to something else")
+        raise RuntimeError(f"{kind.kind} {job['metadata']['name']} already exists and belongs to something else")
     return existing, False
 
 
-def set_job_suspended(api: client.ApiClient, namespace: str, name: str, suspended: bool) -> dict[str, Any]:
-    return _custom(api).patch_namespaced_custom_object(KF_GROUP, KF_VERSION, namespace, PYTORCHJOBS, name, {"spec": {"runPolicy": {"suspend": suspended}}})
+def set_job_suspended(api: client.ApiClient, namespace: str, name: str, suspended: bool, kind: JobKind = PYTORCHJOB) -> dict[str, Any]:
+    return _custom(api).patch_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name, suspend_patch(kind, suspended))
 
 
-def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
+def delete_job(api: client.ApiClient, namespace: str, name: str, kind: JobKind = PYTORCHJOB) -> None:
     try:
-        _custom(api).delete_namespaced_custom_object(KF_GROUP, KF_VERSION, namespace, PYTORCHJOBS, name, propagation_policy="Background")
+        # Foreground: the job stays (being deleted) until its pods are gone, and the planner starts no next
+        # attempt while it is there.
+        _custom(api).delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name, propagation_policy="Foreground")
     except ApiException as err:
         if err.status != 404:
             raise

@@ -18,11 +18,13 @@ from kubernetes.client.rest import ApiException
 
 from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.operator import kube
+from gradatim.planner.jobs import KINDS, kind_of
 from gradatim.storage import s3
 
 log = logging.getLogger("gradatim.operator")
 
 SECRET_TTL_SECONDS = 60.0  # a rotated S3 credential reaches new reads within this
+BACKENDS_TTL_SECONDS = 300.0  # a Kubeflow install or removal reaches `backend: auto` within this
 
 
 def _trimmed(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,6 +55,7 @@ class WatchCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._backends: tuple[float, frozenset[str]] | None = None
         # (resourceVersion, object) by (namespace, name): stages and pipelines parsed once per change, and kept
         # parsed only (not as the raw body too: half the memory).
         self._stages: dict[tuple[str, str], tuple[str | None, TrainingStage]] = {}
@@ -153,7 +156,7 @@ class WatchCache:
     def keys(self, plural: str) -> set[tuple[str, str]]:
         """(namespace, name) of every cached object of `plural`, for checking the cache against a LIST."""
         with self._lock:
-            held = {kube.STAGES: self._stages, kube.PIPELINES: self._pipelines, kube.PYTORCHJOBS: self._jobs}[plural]
+            held = {"stages": self._stages, "pipelines": self._pipelines, "jobs": self._jobs}[plural]
             return set(held)
 
 
@@ -185,12 +188,27 @@ class KubeWorld:
     def graph_version(self, namespace: str, pipeline: str) -> int:
         return self.cache.graph_version(namespace, pipeline)
 
-    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def installed_backends(self) -> frozenset[str]:
+        """Discovery, asked again every few minutes: Trainer v2 may be installed (or the v1 operator removed)
+        while the operator runs."""
+        now = time.monotonic()
+        if self._backends is None or now - self._backends[0] > BACKENDS_TTL_SECONDS:
+            try:
+                self._backends = (now, kube.installed_backends(self.api))
+            except ApiException as err:
+                log.warning("Could not read which Kubeflow job kinds are served: %s", err.reason)
+                return self._backends[1] if self._backends else frozenset({"pytorchjob"})
+        return self._backends[1]
+
+    def job(self, namespace: str, name: str, backend: str) -> dict[str, Any] | None:
+        kind = KINDS[backend]
         found = self.cache.job(namespace, name)
+        if found is not None and kind_of(found) is not kind:
+            found = None
         if found is None:
             stage = self._stage_naming(namespace, name)
             if stage:  # the status names it: never take "not in the cache yet" for "gone", or a second attempt starts
-                found = kube.get_job(self.api, namespace, name)
+                found = kube.get_job(self.api, namespace, name, kind)
                 if found is not None:
                     self.cache.put_job(found)
         return found
@@ -199,11 +217,11 @@ class KubeWorld:
         stage = self.cache.stage(namespace, job.rsplit("-a", 1)[0])
         return stage is not None and stage.status is not None and stage.status.job_name == job
 
-    def job_pods(self, namespace: str, stage: str, job: str) -> list[dict[str, Any]]:
+    def job_pods(self, namespace: str, stage: str, job: str, backend: str) -> list[dict[str, Any]]:
         try:
-            return kube.list_job_pods(self.api, namespace, stage, job)
+            return kube.list_job_pods(self.api, namespace, stage, job, KINDS[backend])
         except ApiException as err:  # the pods only sharpen the message; Kubeflow's condition still says the job failed
-            log.warning("Could not list the pods of PyTorchJob %s/%s: %s", namespace, job, err.reason)
+            log.warning("Could not list the pods of %s %s/%s: %s", KINDS[backend].kind, namespace, job, err.reason)
             return []
 
     def storage(self, pipeline: TrainingPipeline) -> tuple[Any, list[str]]:
@@ -252,11 +270,11 @@ class KubeWorld:
         self.cache.put_job(created)
         return fresh
 
-    def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
-        self.cache.put_job(kube.set_job_suspended(self.api, namespace, name, suspended))
+    def set_job_suspended(self, namespace: str, name: str, suspended: bool, backend: str) -> None:
+        self.cache.put_job(kube.set_job_suspended(self.api, namespace, name, suspended, KINDS[backend]))
 
-    def delete_job(self, namespace: str, name: str) -> None:
-        kube.delete_job(self.api, namespace, name)
+    def delete_job(self, namespace: str, name: str, backend: str) -> None:
+        kube.delete_job(self.api, namespace, name, KINDS[backend])
         self.cache.drop_job(namespace, name)
 
     def write_stage_status(self, stage: TrainingStage, status: dict[str, Any]) -> None:

@@ -224,42 +224,58 @@ def _env(stage: TrainingStage, pipeline: TrainingPipeline, attempt: int) -> list
     return env
 
 
-def _replica(stage: TrainingStage, pipeline: TrainingPipeline, resources: dict[str, Any], configmap: str, attempt: int, replicas: int) -> dict[str, Any]:
+def _limits(resources: dict[str, Any]) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": str(resources["cpu"]), "memory": str(resources["memory"])}
     if resources["gpus_per_node"] > 0:
         limits[resources["gpu_resource_name"]] = str(resources["gpus_per_node"])
+    return limits
+
+
+def _pod_labels(stage: TrainingStage, attempt: int) -> dict[str, str]:
+    return {**MANAGED_BY, **TRAINER_POD, PIPELINE_LABEL: stage.spec.pipeline, STAGE_LABEL: stage.metadata["name"], TYPE_LABEL: stage.spec.type,
+            ATTEMPT_LABEL: str(attempt)}
+
+
+TRAINER_COMMAND = ["torchrun", "-m", "gradatim.trainer", "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--workdir", SCRATCH_DIR]
+SPEC_MOUNT = {"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True}
+
+
+def _replica(stage: TrainingStage, pipeline: TrainingPipeline, resources: dict[str, Any], configmap: str, attempt: int, replicas: int) -> dict[str, Any]:
+    limits = _limits(resources)
     pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
+        # No restartPolicy here: Kubeflow sets the pod's from the replica's (Never), and one set in both places
+        # is where training-operator v1.9 has been seen to re-create a failed attempt's pod.
         "containers": [
             {
                 "name": "pytorch",
                 "image": stage.spec.image or pipeline.spec.image,
                 "imagePullPolicy": pipeline.spec.image_pull_policy,
-                "command": ["torchrun", "-m", "gradatim.trainer", "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--workdir", SCRATCH_DIR],
+                "command": TRAINER_COMMAND,
                 "env": _env(stage, pipeline, attempt),
                 "ports": [{"name": "pytorchjob-port", "containerPort": 23456}, {"name": "metrics", "containerPort": METRICS_PORT}],
                 "resources": {"requests": dict(limits), "limits": limits},
-                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "stage-spec", "mountPath": SPEC_DIR, "readOnly": True},
-                                 {"name": "scratch", "mountPath": SCRATCH_DIR}],
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, SPEC_MOUNT, {"name": "scratch", "mountPath": SCRATCH_DIR}],
                 # The trainer writes its one-line TrainerError here; the log's tail stands in when it could not.
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }
         ],
-        "volumes": [
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(resources["shm_size"])}},
-            {"name": "stage-spec", "configMap": {"name": configmap}},
-            {"name": "scratch", "emptyDir": {"sizeLimit": str(resources["scratch_size"])}},
-        ],
+        "volumes": _volumes(resources, configmap),
     }
     priority = stage.spec.priority_class_name or pipeline.spec.priority_class_name
     if priority:
         pod_spec["priorityClassName"] = priority
     if pipeline.spec.service_account_name:
         pod_spec["serviceAccountName"] = pipeline.spec.service_account_name
-    labels = {**MANAGED_BY, **TRAINER_POD, PIPELINE_LABEL: stage.spec.pipeline, STAGE_LABEL: stage.metadata["name"], TYPE_LABEL: stage.spec.type,
-              ATTEMPT_LABEL: str(attempt)}
-    return {"replicas": replicas, "restartPolicy": "Never", "template": {"metadata": {"labels": labels}, "spec": pod_spec}}
+    return {"replicas": replicas, "restartPolicy": "Never", "template": {"metadata": {"labels": _pod_labels(stage, attempt)}, "spec": pod_spec}}
+
+
+def _volumes(resources: dict[str, Any], configmap: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(resources["shm_size"])}},
+        {"name": "stage-spec", "configMap": {"name": configmap}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": str(resources["scratch_size"])}},
+    ]
 
 
 def render_pytorchjob(
@@ -267,8 +283,12 @@ def render_pytorchjob(
 ) -> dict[str, Any]:
     """One attempt as a Kubeflow PyTorchJob: a Master and nodes-1 Workers, each `torchrun -m gradatim.trainer`.
 
-    A failed pod fails the attempt (restartPolicy Never, backoffLimit 0); the operator retries by starting a
-    new attempt that resumes from the last checkpoint, so the whole gang restarts together.
+    A failed pod fails the attempt (replica restartPolicy Never); the operator deletes the failed job and retries
+    by starting a new attempt that resumes from the last checkpoint, so the whole gang restarts together. Shaped
+    against the real training-operator v1.9: no `backoffLimit` (with one, it re-created a failed attempt's pod
+    from a stale cache after writing Failed) and `cleanPodPolicy: Running` (a failed attempt's other pods stop;
+    the failed ones stay for their logs until the job is deleted). No `activeDeadlineSeconds` either: v1.9 has no
+    timer for it, so the operator enforces the stage's deadline itself, the same way for both backends.
     """
     resources = effective_resources(stage, pipeline)
     name = job_name(stage.metadata["name"], attempt)
@@ -276,9 +296,7 @@ def render_pytorchjob(
     queue = stage.spec.queue_name or pipeline.spec.queue_name
     if queue:
         labels[KUEUE_QUEUE_LABEL] = queue
-    run_policy: dict[str, Any] = {"cleanPodPolicy": "None", "backoffLimit": 0, "suspend": suspend}
-    if stage.spec.active_deadline_seconds:
-        run_policy["activeDeadlineSeconds"] = stage.spec.active_deadline_seconds
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "suspend": suspend}
     priority = stage.spec.priority_class_name or pipeline.spec.priority_class_name
     if priority:
         run_policy["schedulingPolicy"] = {"priorityClass": priority}
@@ -299,4 +317,108 @@ def render_pytorchjob(
             "runPolicy": run_policy,
             "pytorchReplicaSpecs": replicas,
         },
+    }
+
+
+TRAINING_RUNTIME = "gradatim-torch"
+TRAINER_GROUP = "trainer.kubeflow.org"
+
+
+def render_cluster_training_runtime() -> dict[str, Any]:
+    """Gradatim's ClusterTrainingRuntime for Kubeflow Trainer v2: torch distributed on one replicated job `node`,
+    shaped as the PyTorchJob's pods are. What Trainer v2.3's runtimePatches cannot set per job (ports, the
+    termination message, restart policy, backoff) is fixed here; the rest comes from each TrainJob."""
+    container = {
+        "name": "node",
+        "image": "ghcr.io/gradatim/trainer:0.1.0",  # each TrainJob sets its own (trainer.image)
+        "command": TRAINER_COMMAND,
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "scratch", "mountPath": SCRATCH_DIR}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod = {"restartPolicy": "Never", "containers": [container],
+           "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, {"name": "scratch", "emptyDir": {}}]}
+    return {
+        "apiVersion": f"{TRAINER_GROUP}/v1alpha1",
+        "kind": "ClusterTrainingRuntime",
+        "metadata": {"name": TRAINING_RUNTIME, "labels": {"trainer.kubeflow.org/framework": "torch", **MANAGED_BY}},
+        "spec": {
+            "mlPolicy": {"numNodes": 1, "torch": {}},
+            "template": {"spec": {"replicatedJobs": [{
+                "name": "node",
+                "template": {
+                    "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
+                    # A failed node fails the attempt (JobSet's default failurePolicy restarts nothing); the operator
+                    # retries with a new attempt that resumes from the checkpoint, the whole gang together.
+                    "spec": {"backoffLimit": 0, "template": {"spec": pod}},
+                },
+            }]}},
+        },
+    }
+
+
+def render_trainjob(
+    stage: TrainingStage, pipeline: TrainingPipeline, *, key: str, attempt: int, configmap: str, suspend: bool
+) -> dict[str, Any]:
+    """One attempt as a Kubeflow Trainer v2 TrainJob on `gradatim-torch`: the same container, env and volumes as
+    the PyTorchJob's pods, through `trainer` and a runtime patch. Kueue admits it by `suspend` + queue label."""
+    resources = effective_resources(stage, pipeline)
+    limits = _limits(resources)
+    labels = child_labels(stage, attempt, key)
+    queue = stage.spec.queue_name or pipeline.spec.queue_name
+    if queue:
+        labels[KUEUE_QUEUE_LABEL] = queue
+    pod_spec: dict[str, Any] = {
+        "volumes": _volumes(resources, configmap),
+        "containers": [{"name": "node", "volumeMounts": [SPEC_MOUNT]}],
+    }
+    if pipeline.spec.service_account_name:
+        pod_spec["serviceAccountName"] = pipeline.spec.service_account_name
+    patch = {"manager": "gradatim.io/operator", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
+        "name": "node", "template": {"spec": {"template": {"metadata": {"labels": _pod_labels(stage, attempt)}, "spec": pod_spec}}}}]}}}}
+    return {
+        "apiVersion": f"{TRAINER_GROUP}/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {
+            "name": job_name(stage.metadata["name"], attempt),
+            "namespace": stage.metadata["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(stage)],
+        },
+        "spec": {
+            "runtimeRef": {"name": TRAINING_RUNTIME, "kind": "ClusterTrainingRuntime", "apiGroup": TRAINER_GROUP},
+            "suspend": suspend,
+            "trainer": {
+                "image": stage.spec.image or pipeline.spec.image,
+                "command": TRAINER_COMMAND,
+                "numNodes": resources["nodes"],
+                "numProcPerNode": max(resources["gpus_per_node"], 1),
+                "resourcesPerNode": {"requests": dict(limits), "limits": limits},
+                "env": _env(stage, pipeline, attempt),
+            },
+            "runtimePatches": [patch],
+        },
+    }
+
+
+def render_job(kind: Any, stage: TrainingStage, pipeline: TrainingPipeline, *, key: str, attempt: int, configmap: str, suspend: bool) -> dict[str, Any]:
+    """The attempt's job as the backend's kind (a `jobs.JobKind`)."""
+    render = render_trainjob if kind.backend == "trainjob" else render_pytorchjob
+    return render(stage, pipeline, key=key, attempt=attempt, configmap=configmap, suspend=suspend)
+
+
+RUNTIME_MANIFEST_DIR = "manifests/trainer"
+
+
+def runtime_manifests() -> dict[str, str]:
+    """`manifests/trainer/`: the ClusterTrainingRuntime and its kustomization, generated by `make crds`."""
+    import yaml
+
+    header = "# Generated from gradatim/planner/render.py by `make crds`; do not edit.\n"
+    runtime = f"{TRAINING_RUNTIME}.yaml"
+    return {
+        runtime: header + yaml.safe_dump(render_cluster_training_runtime(), sort_keys=False, width=120),
+        "kustomization.yaml": header + yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                                                      "resources": [runtime]}, sort_keys=False),
     }

@@ -19,7 +19,7 @@ from gradatim.api.runfiles import RunProgress, RunResults, TrainerError, memory_
 from gradatim.api.stage import GateResult, Progress, TrainingStage, TrainingStageStatus
 from gradatim.planner.conditions import condition, conditions_for
 from gradatim.planner.graph import cache_keys, on_cycle
-from gradatim.planner.jobs import JobState, job_state
+from gradatim.planner.jobs import KINDS, JobState, choose_backend, job_message, job_start_time, job_state, job_suspend_flag, kind_of
 from gradatim.planner.observe import Reads, StorageFault, is_done, is_settled, reads_for
 from gradatim.planner.render import (
     KEY_LABEL,
@@ -28,7 +28,7 @@ from gradatim.planner.render import (
     job_name,
     missing_outputs,
     render_configmap,
-    render_pytorchjob,
+    render_job,
     render_stage_spec,
     child_labels,
     effective_resources,
@@ -61,6 +61,7 @@ class Observed:
     keys: Mapping[str, str] | None = None  # the siblings' content keys, when the shell has them already
     storage_fault: StorageFault | None = None  # the S3 reads failed (what reads_for asked for)
     storage_patience_seconds: float = STORAGE_PATIENCE_SECONDS  # how long a transient fault is waited out
+    installed_backends: frozenset[str] = frozenset({"pytorchjob"})  # the job CRDs the cluster serves, for `auto`
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,14 @@ class CreateJob:
 class SetJobSuspended:
     name: str
     suspended: bool
+    backend: str = "pytorchjob"
 
 
 @dataclass(frozen=True)
 class DeleteJob:
     name: str
     why: str
+    backend: str = "pytorchjob"
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def track_content(p: _Planning, key: str) -> dict[str, Any] | None:
     o, status, name = p.o, p.status, p.o.stage.metadata["name"]
     if status.cache_key != key:
         if status.job_name and o.job is not None and job_state(o.job) in (JobState.RUNNING, JobState.PENDING, JobState.SUSPENDED):
-            p.plan.actions.append(DeleteJob(status.job_name, "the stage's spec changed"))
+            p.plan.actions.append(DeleteJob(status.job_name, "the stage's spec changed", kind_of(o.job).backend))
         status.cache_key, status.job_name, status.retries = key, None, 0
         status.metrics, status.outputs, status.gate, status.progress = {}, {}, None, None
         status.checkpoint_uri, status.next_retry_time, status.completion_time = None, None, None
@@ -234,6 +237,7 @@ def track_content(p: _Planning, key: str) -> dict[str, Any] | None:
         # Adopted rather than started again (AlreadyExists) or, once finished, mistaken for a cache hit.
         status.attempt += 1
         status.job_name = o.job["metadata"]["name"]
+        status.backend = kind_of(o.job).backend
         status.start_time = status.start_time or o.now
         job = o.job
     return job
@@ -306,12 +310,20 @@ def follow_job(p: _Planning, job: dict[str, Any] | None) -> Plan | None:
     o, status, previous, stage = p.o, p.status, p.previous, p.o.stage
     suspended = stage.spec.suspend or o.pipeline.spec.suspend
     kueue = bool(stage.spec.queue_name or o.pipeline.spec.queue_name)
+    retrying = previous.phase == "Retrying" and status.job_name is not None and previous.job_name == status.job_name
     if job is None:
         if suspended:
             return p.finish("Suspended", "Suspended", "suspended by spec.suspend" if stage.spec.suspend else "suspended by the pipeline's spec.suspend")
+        if retrying and status.next_retry_time and o.now < status.next_retry_time:  # the failed attempt's job is gone
+            p.plan.requeue_after = (status.next_retry_time - o.now).total_seconds()
+            ready = next((c for c in previous.conditions if c.type == "Ready"), None)
+            return p.finish("Retrying", "BackingOff", ready.message if ready else f"retry {status.retries} at {status.next_retry_time.isoformat()}")
         return None
     state = job_state(job)
-    if state is JobState.SUCCEEDED:  # succeeded, but no results.json under the key
+    overdue = past_deadline(stage, job, o.now) if state in (JobState.RUNNING, JobState.PENDING) else None
+    if overdue is not None:
+        state, failure = JobState.FAILED, f"job {status.job_name} {overdue}"
+    elif state is JobState.SUCCEEDED:  # succeeded, but no results.json under the key
         state, failure = JobState.FAILED, f"job {status.job_name} succeeded but wrote no results.json"
     else:
         failure = f"job {status.job_name} failed: {failure_cause(o, status.attempt)}"
@@ -322,35 +334,64 @@ def follow_job(p: _Planning, job: dict[str, Any] | None) -> Plan | None:
         if status.retries > stage.spec.retry_limit:
             status.completion_time = status.completion_time or o.now
             status.next_retry_time = None
+            if overdue is not None:  # stop it: nothing else will (the failed pods of other failures stay for their logs)
+                p.plan.actions.append(DeleteJob(status.job_name, "past spec.activeDeadlineSeconds", kind_of(job).backend))
             return p.finish("Failed", "RetryLimitExceeded", f"{failure}; retry limit {stage.spec.retry_limit} reached (spec.retryLimit)")
+        # The failed attempt's job goes before the next starts: its pods stop, and no controller can bring one back
+        # beside the next attempt, writing to the same prefix. What the pods said is in this status message.
+        p.plan.actions.append(DeleteJob(status.job_name, f"attempt {status.attempt} failed; the next one resumes from its checkpoint", kind_of(job).backend))
         if suspended:
             return p.finish("Suspended", "Suspended", "suspended before the next attempt")
         if status.next_retry_time and o.now < status.next_retry_time:
             p.plan.requeue_after = (status.next_retry_time - o.now).total_seconds()
             return p.finish("Retrying", "BackingOff", f"{failure}; retry {status.retries}/{stage.spec.retry_limit} at {status.next_retry_time.isoformat()}")
-        return None  # back-off over: start the next attempt
+        # Back-off over, but the job still exists: start the next attempt once it is gone.
+        p.plan.requeue_after = 1.0
+        return p.finish("Retrying", "DeletingFailedJob", f"{failure}; waiting for job {status.job_name} to be deleted before attempt {status.attempt + 1}")
     if suspended:
         if kueue:  # Kueue owns runPolicy.suspend; stop the attempt instead and resume later from its checkpoint
-            p.plan.actions.append(DeleteJob(status.job_name, "suspended while managed by Kueue"))
+            p.plan.actions.append(DeleteJob(status.job_name, "suspended while managed by Kueue", kind_of(job).backend))
             status.job_name = None
         elif not job_suspend_flag(job):
-            p.plan.actions.append(SetJobSuspended(status.job_name, True))
+            p.plan.actions.append(SetJobSuspended(status.job_name, True, kind_of(job).backend))
         return p.finish("Suspended", "Suspended", "suspended by spec.suspend")
     if not kueue and job_suspend_flag(job):
-        p.plan.actions.append(SetJobSuspended(status.job_name, False))
+        p.plan.actions.append(SetJobSuspended(status.job_name, False, kind_of(job).backend))
     status.progress = _progress(o.progress) or status.progress
     if o.progress is not None and o.progress.checkpoint_uri:
         status.checkpoint_uri = o.progress.checkpoint_uri
+    if stage.spec.active_deadline_seconds and (started := job_start_time(job)) is not None:  # act on time, not at the resync
+        left = stage.spec.active_deadline_seconds - (o.now - started).total_seconds()
+        p.plan.requeue_after = max(1.0, left + 1.0)
     if state is JobState.PENDING and kueue:
         return p.finish("Running", "WaitingForAdmission", f"job {status.job_name} is waiting for Kueue admission")
     return p.finish("Running", "JobRunning", f"job {status.job_name} is {state.value.lower()}")
 
 
+
+def past_deadline(stage: TrainingStage, job: Mapping[str, Any], now: datetime) -> str | None:
+    """Why the attempt is over its `spec.activeDeadlineSeconds`, counted from the job's start (time queued for
+    admission does not count), or None. Enforced here for both backends: training-operator v1.9 only checks its
+    own deadline when some other event touches the job."""
+    limit = stage.spec.active_deadline_seconds
+    started = job_start_time(job) if limit else None
+    if started is None or (now - started).total_seconds() < limit:
+        return None
+    return f"ran past spec.activeDeadlineSeconds ({limit} s since {started:%H:%M:%S} UTC) and was stopped"
+
+
 def start_attempt(p: _Planning, key: str) -> Plan:
-    """The next attempt: its resolved spec in a ConfigMap and its PyTorchJob, reading the upstream outputs."""
+    """The next attempt: its resolved spec in a ConfigMap and its job (PyTorchJob or TrainJob), reading the
+    upstream outputs."""
     o, status, stage = p.o, p.status, p.o.stage
     name = stage.metadata["name"]
     kueue = bool(stage.spec.queue_name or o.pipeline.spec.queue_name)
+    backend = choose_backend(stage.spec.backend or o.pipeline.spec.backend, o.installed_backends)
+    if backend == "trainjob" and (stage.spec.priority_class_name or o.pipeline.spec.priority_class_name):
+        field = "spec.priorityClassName" if stage.spec.priority_class_name else "the pipeline's spec.priorityClassName"
+        return p.finish("Invalid", "InvalidInput", f"{field}: a TrainJob cannot set its pods' PriorityClass (Kubeflow Trainer v2.3's "
+                        "runtimePatches have no such field); set spec.backend: pytorchjob, or let Kueue prioritise the queue")
+    status.backend = backend
     status.attempt += 1
     status.job_name = job_name(name, status.attempt)
     status.start_time = status.start_time or o.now
@@ -362,8 +403,8 @@ def start_attempt(p: _Planning, key: str) -> Plan:
         return p.finish("Blocked", "MissingUpstreamOutput", f"spec.inputs: upstream results have no output {', '.join(lost)}")
     resolved = render_stage_spec(stage, o.pipeline, key=key, attempt=status.attempt, upstream=upstream)
     configmap = render_configmap(stage, resolved, child_labels(stage, status.attempt, key))
-    pj = render_pytorchjob(stage, o.pipeline, key=key, attempt=status.attempt, configmap=configmap["metadata"]["name"], suspend=kueue)
-    p.plan.actions.append(CreateJob(pj, configmap))
+    job = render_job(KINDS[status.backend], stage, o.pipeline, key=key, attempt=status.attempt, configmap=configmap["metadata"]["name"], suspend=kueue)
+    p.plan.actions.append(CreateJob(job, configmap))
     what = "retry" if status.retries else "run"
     return p.finish("Running", "JobCreated", f"created job {status.job_name} ({what}, attempt {status.attempt})")
 
@@ -374,11 +415,12 @@ def _is_next_attempt(job: Mapping[str, Any], stage: str, attempt: int, key: str)
 
 
 def terminated_states(pods: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
-    """The trainer container's terminated state in each pod that ended in failure, Master first."""
+    """The trainer container's terminated state in each pod that ended in failure, rank 0's pod first (a
+    PyTorchJob's Master, a TrainJob's node 0)."""
     states = []
-    for pod in sorted(pods, key=lambda p: "-master-" not in p.get("metadata", {}).get("name", "")):
+    for pod in sorted(pods, key=lambda p: not re.search(r"-(master-0|node-0-0-\w+)$", p.get("metadata", {}).get("name", ""))):
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            if container.get("name") != "pytorch":
+            if container.get("name") not in (k.container for k in KINDS.values()):
                 continue
             term = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated")
             if term and term.get("exitCode", 0) != 0:
@@ -422,15 +464,6 @@ def failure_cause(o: Observed, attempt: int) -> str:
     return job_message(o.job or {})
 
 
-def job_message(job: Mapping[str, Any]) -> str:
-    for c in reversed((job.get("status") or {}).get("conditions") or []):
-        if c.get("type") == "Failed" and c.get("status") == "True":
-            return c.get("message") or c.get("reason") or "failed"
-    return "failed"
-
-
-def job_suspend_flag(job: Mapping[str, Any]) -> bool:
-    return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
 
 
 __all__ = ["Observed", "Plan", "CreateJob", "SetJobSuspended", "DeleteJob", "Event", "plan_stage", "is_done", "reads_for", "Reads",

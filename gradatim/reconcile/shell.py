@@ -12,6 +12,7 @@ from typing import Any
 from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.api.stage import TrainingStageStatus
 from gradatim.planner.graph import cache_keys
+from gradatim.planner.jobs import KINDS, choose_backend
 from gradatim.planner.pipeline import plan_pipeline
 from gradatim.planner.render import job_name, stage_output_uri
 from gradatim.planner.stage import (
@@ -84,8 +85,13 @@ class Shell:
         siblings[name] = stage
         status = stage.status
         # The current attempt's job; with none recorded, the next attempt's, which a restart may have left behind.
-        current = status.job_name if status and status.job_name else job_name(name, (status.attempt if status else 0) + 1)
-        job = world.job(namespace, current)
+        installed = world.installed_backends()
+        if status and status.job_name:
+            current, backend = status.job_name, status.backend or "pytorchjob"
+        else:
+            wanted = stage.spec.backend or (pipeline.spec.backend if pipeline is not None else "auto")
+            current, backend = job_name(name, (status.attempt if status else 0) + 1), choose_backend(wanted, installed)
+        job = world.job(namespace, current, backend)
         keys = self.content_keys(namespace, pipeline, siblings) if pipeline is not None else None
         reads = reads_for(stage, job, keys, siblings) if keys is not None else None
         files, problems, fault = RunFiles(), [], None
@@ -98,10 +104,10 @@ class Shell:
                 except STORAGE_ERRORS as err:
                     fault = storage_fault(pipeline, out, err)
                     log.warning("Could not read S3 for stage %s/%s: %s", namespace, name, fault.message)
-        pods = tuple(world.job_pods(namespace, name, job["metadata"]["name"])) if reads is not None and reads.pods and job is not None else ()
+        pods = tuple(world.job_pods(namespace, name, job["metadata"]["name"], backend)) if reads is not None and reads.pods and job is not None else ()
         plan = plan_stage(Observed(
             stage, pipeline, siblings, job, files.results, files.progress, now, tuple(problems), files.error, pods,
-            keys=keys, storage_fault=fault, storage_patience_seconds=self.storage_patience_seconds,
+            keys=keys, storage_fault=fault, storage_patience_seconds=self.storage_patience_seconds, installed_backends=installed,
         ))
         log.debug("Planned stage %s/%s: %s %s: %s", namespace, name, plan.status.phase, plan.reason, plan.message)
         outcome = StageOutcome(stage, previous=status, storage_error=fault is not None)
@@ -122,16 +128,16 @@ class Shell:
         for action in plan.actions:
             if isinstance(action, CreateJob):
                 created = self.world.create_job(action.job, action.configmap)
-                log.info("%s PyTorchJob %s/%s", "Created" if created else "Adopted", ns, action.job["metadata"]["name"])
+                log.info("%s %s %s/%s", "Created" if created else "Adopted", action.job["kind"], ns, action.job["metadata"]["name"])
                 if created:
                     outcome.created_job = True
                     outcome.dependency_latency = _dependency_latency(stage, siblings, now)
             elif isinstance(action, SetJobSuspended):
-                self.world.set_job_suspended(ns, action.name, action.suspended)
-                log.info("%s PyTorchJob %s/%s", "Suspended" if action.suspended else "Resumed", ns, action.name)
+                self.world.set_job_suspended(ns, action.name, action.suspended, action.backend)
+                log.info("%s %s %s/%s", "Suspended" if action.suspended else "Resumed", KINDS[action.backend].kind, ns, action.name)
             elif isinstance(action, DeleteJob):
-                self.world.delete_job(ns, action.name)
-                log.info("Deleted PyTorchJob %s/%s: %s", ns, action.name, action.why)
+                self.world.delete_job(ns, action.name, action.backend)
+                log.info("Deleted %s %s/%s: %s", KINDS[action.backend].kind, ns, action.name, action.why)
 
     def _write_status(self, stage: TrainingStage, plan: Plan) -> bool:
         new = plan.status.to_wire()
