@@ -4,6 +4,7 @@ Jobs run tests/stand_in_trainer.py (named as such), a stand-in for gradatim.trai
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import urllib.request
 import pytest
 from kubernetes import client
 
+from gradatim.planner.jobs import KINDS, job_suspend_flag, suspend_patch
 from gradatim.storage import s3
 from gradatim.cluster.podrunner import free_port
 from gradatim.cluster.layout import StateLayout
@@ -27,44 +29,66 @@ def h(cluster, kube, tmp_path_factory):
         yield harness
 
 
+@pytest.fixture(scope="module")
+def tj(cluster, kube, tmp_path_factory):
+    """Pipelines with `backend: trainjob`: Kubeflow Trainer v2 TrainJobs on JobSet, on gradatim-torch."""
+    with running_harness(cluster, kube, tmp_path_factory.mktemp("trainjob"), "tj", backend="trainjob") as harness:
+        yield harness
+
+
+@pytest.fixture(params=["pytorchjob", "trainjob"])
+def hb(request):
+    """The core scenarios run on both backends; the rest on PyTorchJob (the default where its CRD is installed)."""
+    return request.getfixturevalue("h" if request.param == "pytorchjob" else "tj")
+
+
+def pod_creations(h, job: str) -> list:
+    """The controllers' own record of each pod they created for `job`: training-operator's events on the
+    PyTorchJob, the Job controller's on a TrainJob's node Job."""
+    return [e for name in (job, f"{job}-node-0") for e in h.events(name)
+            if e.reason == "SuccessfulCreatePod" or (e.reason == "SuccessfulCreate" and e.involved_object.kind == "Job")]
+
+
 def s3_client(cluster):
     return s3.client(cluster.s3_endpoint, cluster.s3_access_key, cluster.s3_secret_key, cluster.s3_region)
 
 
-def test_four_stage_pipeline_runs_to_the_end_handing_outputs_over_s3(h, cluster):
-    h.pipeline("four")
-    h.stage("gen", "four", "generate", generate={"samplesPerPrompt": 2})
-    h.stage("mid", "four", "midtrain", deps=("gen",), inputs={"model": {"builtin": "tiny-model"}, "data": [{"fromStage": "gen"}]})
-    h.stage("sft", "four", "sft", deps=("mid", "gen"), inputs={"model": {"fromStage": "mid"}, "data": [{"fromStage": "gen", "output": "traces"}]})
-    h.stage("ev", "four", "eval", deps=("sft",), model={"fromStage": "sft"}, env={"STAND_IN_METRICS": '{"pass@1": 0.5}'})
-    pipe = h.wait("trainingpipelines", "four", lambda o: (o.get("status") or {}).get("phase") == "Succeeded", 240, "Succeeded")
+def test_four_stage_pipeline_runs_to_the_end_handing_outputs_over_s3(hb, cluster):
+    hb.pipeline("four")
+    hb.stage("gen", "four", "generate", generate={"samplesPerPrompt": 2})
+    hb.stage("mid", "four", "midtrain", deps=("gen",), inputs={"model": {"builtin": "tiny-model"}, "data": [{"fromStage": "gen"}]})
+    hb.stage("sft", "four", "sft", deps=("mid", "gen"), inputs={"model": {"fromStage": "mid"}, "data": [{"fromStage": "gen", "output": "traces"}]})
+    hb.stage("ev", "four", "eval", deps=("sft",), model={"fromStage": "sft"}, env={"STAND_IN_METRICS": '{"pass@1": 0.5}'})
+    pipe = hb.wait("trainingpipelines", "four", lambda o: (o.get("status") or {}).get("phase") == "Succeeded", 240, "Succeeded")
     assert pipe["status"]["progress"] == "4/4" and [s["name"] for s in pipe["status"]["stages"]] == ["gen", "mid", "sft", "ev"]
     assert {c["type"]: c["status"] for c in pipe["status"]["conditions"]}["Ready"] == "True"
-    sft = h.get("trainingstages", "sft")
-    mid = h.get("trainingstages", "mid")
-    cm = client.CoreV1Api(h.kube).read_namespaced_config_map(f"{sft['status']['jobName']}-spec", h.namespace)
+    sft = hb.get("trainingstages", "sft")
+    mid = hb.get("trainingstages", "mid")
+    cm = client.CoreV1Api(hb.kube).read_namespaced_config_map(f"{sft['status']['jobName']}-spec", hb.namespace)
     resolved = json.loads(cm.data["stage.json"])
     assert resolved["inputs"]["model"]["uri"] == mid["status"]["outputs"]["model"]
-    assert resolved["output"]["uri"] == f"s3://{cluster.s3_bucket}/{h.namespace}/four/sft/{sft['status']['cacheKey']}/"
+    assert resolved["output"]["uri"] == f"s3://{cluster.s3_bucket}/{hb.namespace}/four/sft/{sft['status']['cacheKey']}/"
     store = s3_client(cluster)
     assert s3.read_json(store, resolved["output"]["uri"] + "results.json")["outputs"]["model"].startswith("s3://")
-    ev = h.get("trainingstages", "ev")
+    ev = hb.get("trainingstages", "ev")
     assert ev["status"]["metrics"]["pass@1"] == 0.5 and ev["status"]["phase"] == "Succeeded"
     assert ev["status"]["progress"]["text"] == "3/3"
-    reasons = {e.reason for e in h.events("sft")}
+    reasons = {e.reason for e in hb.events("sft")}
     assert {"JobCreated", "JobSucceeded"} <= reasons, reasons
     for name in ("gen", "mid", "sft", "ev"):
-        assert len(h.jobs(name)) == 1
+        assert len(hb.jobs(name)) == 1
 
 
-def test_failure_retries_from_the_checkpoint_then_succeeds(h, cluster):
-    h.pipeline("retry")
-    h.stage("flaky", "retry", env={"STAND_IN_FAIL_ATTEMPTS": "1", "STAND_IN_STEPS": "4"}, retryLimit=2)
-    st = h.wait_phase("flaky", "Succeeded", timeout=120)
+def test_failure_retries_from_the_checkpoint_then_succeeds(hb, cluster):
+    hb.pipeline("retry")
+    hb.stage("flaky", "retry", env={"STAND_IN_FAIL_ATTEMPTS": "1", "STAND_IN_STEPS": "4"}, retryLimit=2)
+    st = hb.wait_phase("flaky", "Succeeded", timeout=120)
     assert st["status"]["attempt"] == 2 and st["status"]["retries"] == 1
-    results = s3.read_json(s3_client(cluster), f"s3://{cluster.s3_bucket}/{h.namespace}/retry/flaky/{st['status']['cacheKey']}/results.json")
+    results = s3.read_json(s3_client(cluster), f"s3://{cluster.s3_bucket}/{hb.namespace}/retry/flaky/{st['status']['cacheKey']}/results.json")
     assert results["resumedAt"] == 1, "attempt 2 resumed from the checkpoint attempt 1 wrote at step 1"
-    assert sorted(j["metadata"]["name"] for j in h.jobs("flaky")) == ["flaky-a1", "flaky-a2"]
+    assert [j["metadata"]["name"] for j in hb.jobs("flaky")] == ["flaky-a2"], "the failed attempt's job was deleted"
+    # The controller's own record: attempt 1's pod was created once, never brought back beside attempt 2.
+    assert len(pod_creations(hb, "flaky-a1")) == 1, [(e.reason, e.message) for n in ("flaky-a1", "flaky-a1-node-0") for e in hb.events(n)]
 
 
 def test_retry_limit_fails_the_stage_and_blocks_downstream(h):
@@ -131,43 +155,95 @@ def test_cache_reapply_does_nothing_and_an_edit_reruns_only_downstream(h):
     h.wait("trainingstages", "c-down", lambda o: o["status"]["phase"] == "Cached" and o["status"]["cacheKey"] == before["c-down"]["cacheKey"], 60, "Cached")
 
 
-def test_suspend_stops_the_job_and_resume_finishes_it(h):
-    h.pipeline("pause")
-    h.stage("slow", "pause", env={"STAND_IN_STEPS": "40", "STAND_IN_STEP_SECONDS": "0.5"})
-    h.wait_phase("slow", "Running")
-    h.wait("trainingstages", "slow", lambda o: ((o["status"].get("progress") or {}).get("step") or 0) >= 2, 60, "progressing")
-    h.patch_stage("slow", {"suspend": True})
-    h.wait_phase("slow", "Suspended")
+def test_suspend_stops_the_job_and_resume_finishes_it(hb):
+    hb.pipeline("pause")
+    hb.stage("slow", "pause", env={"STAND_IN_STEPS": "40", "STAND_IN_STEP_SECONDS": "0.5"})
+    hb.wait_phase("slow", "Running")
+    hb.wait("trainingstages", "slow", lambda o: ((o["status"].get("progress") or {}).get("step") or 0) >= 2, 60, "progressing")
+    hb.patch_stage("slow", {"suspend": True})
+    hb.wait_phase("slow", "Suspended")
     job = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        job = h.jobs("slow")[0]
+        job = hb.jobs("slow")[0]
         if any(c["type"] == "Suspended" and c["status"] == "True" for c in (job.get("status") or {}).get("conditions", [])):
             break
         time.sleep(0.3)
-    assert job["spec"]["runPolicy"]["suspend"] is True
-    assert job["status"]["replicaStatuses"]["Master"]["active"] == 0
-    h.patch_stage("slow", {"suspend": False})
-    st = h.wait_phase("slow", "Succeeded", timeout=120)
+    assert job_suspend_flag(job) is True
+    if hb.backend == "pytorchjob":  # training-operator omits `active` once it is 0; a TrainJob's jobsStatus lags
+        assert job["status"]["replicaStatuses"]["Master"].get("active", 0) == 0
+    deadline = time.monotonic() + 30
+    while hb.pods("slow") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert hb.pods("slow") == [], "the suspended job's pods are gone, their processes stopped"
+    hb.patch_stage("slow", {"suspend": False})
+    st = hb.wait_phase("slow", "Succeeded", timeout=120)
     assert st["status"]["attempt"] == 1
 
 
-def test_deleting_a_pipeline_cascades_to_stages_jobs_and_configmaps(h):
-    h.pipeline("gone")
-    h.stage("long", "gone", env={"STAND_IN_STEPS": "100", "STAND_IN_STEP_SECONDS": "0.5"})
-    h.wait_phase("long", "Running")
-    h.wait("trainingstages", "long", lambda o: any(r.get("kind") == "TrainingPipeline" for r in o["metadata"].get("ownerReferences", [])), 30, "owned")
-    assert h.jobs("long")
-    h.custom.delete_namespaced_custom_object("gradatim.io", "v1alpha1", h.namespace, "trainingpipelines", "gone")
-    core = client.CoreV1Api(h.kube)
+def test_deleting_a_pipeline_cascades_to_stages_jobs_and_configmaps(hb):
+    hb.pipeline("gone")
+    hb.stage("long", "gone", env={"STAND_IN_STEPS": "100", "STAND_IN_STEP_SECONDS": "0.5"})
+    hb.wait_phase("long", "Running")
+    hb.wait("trainingstages", "long", lambda o: any(r.get("kind") == "TrainingPipeline" for r in o["metadata"].get("ownerReferences", [])), 30, "owned")
+    assert hb.jobs("long")
+    hb.custom.delete_namespaced_custom_object("gradatim.io", "v1alpha1", hb.namespace, "trainingpipelines", "gone")
+    core = client.CoreV1Api(hb.kube)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        left = (h.jobs("long"), core.list_namespaced_config_map(h.namespace, label_selector="gradatim.io/stage=long").items,
-                h.custom.list_namespaced_custom_object("gradatim.io", "v1alpha1", h.namespace, "trainingstages", field_selector="metadata.name=long")["items"])
+        left = (hb.jobs("long"), hb.pods("long"), core.list_namespaced_config_map(hb.namespace, label_selector="gradatim.io/stage=long").items,
+                hb.custom.list_namespaced_custom_object("gradatim.io", "v1alpha1", hb.namespace, "trainingstages", field_selector="metadata.name=long")["items"])
         if not any(left):
             break
         time.sleep(0.5)
     assert not any(left), left
+
+
+def test_kueue_admits_the_job_and_a_suspend_under_kueue_deletes_the_attempt(hb):
+    """With a queue, the job is created suspended with Kueue's label and the operator never flips `suspend` itself
+    (here the test admits it, as Kueue would); a user's suspend stops the attempt by deleting its job instead."""
+    kind = KINDS[hb.backend]
+
+    def admit(job: str) -> None:
+        hb.custom.patch_namespaced_custom_object(kind.group, kind.version, hb.namespace, kind.plural, job, suspend_patch(kind, False))
+
+    hb.pipeline("queued", queueName="team-a")
+    hb.stage("q", "queued", env={"STAND_IN_STEPS": "12", "STAND_IN_STEP_SECONDS": "0.5"})
+    hb.wait("trainingstages", "q", lambda o: "waiting for Kueue admission" in json.dumps(o.get("status") or {}), 60, "waiting for admission")
+    [job] = hb.jobs("q")
+    assert job_suspend_flag(job) and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    time.sleep(3)
+    assert job_suspend_flag(hb.jobs("q")[0]) and hb.pods("q") == [], "nothing runs before admission"
+    admit("q-a1")
+    hb.wait("trainingstages", "q", lambda o: ((o["status"].get("progress") or {}).get("step") or 0) >= 2, 60, "progressing")
+    assert not job_suspend_flag(hb.jobs("q")[0]), "the operator left Kueue's admission alone"
+    hb.patch_stage("q", {"suspend": True})
+    hb.wait_phase("q", "Suspended")
+    deadline = time.monotonic() + 30
+    while (hb.jobs("q") or hb.pods("q")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert hb.jobs("q") == [] and hb.pods("q") == [], "suspended under Kueue: the attempt's job was deleted"
+    hb.patch_stage("q", {"suspend": False})
+    hb.wait("trainingstages", "q", lambda o: (o.get("status") or {}).get("jobName") == "q-a2", 60, "a new attempt")
+    admit("q-a2")
+    st = hb.wait_phase("q", "Succeeded", timeout=120)
+    assert st["status"]["attempt"] == 2
+
+
+def test_the_operator_stops_an_attempt_past_its_deadline_on_time(h):
+    """training-operator v1.9 has no timer for activeDeadlineSeconds; the operator enforces the stage's deadline."""
+    h.pipeline("timed")
+    h.stage("late", "timed", env={"STAND_IN_STEPS": "200", "STAND_IN_STEP_SECONDS": "0.5"}, activeDeadlineSeconds=6, retryLimit=0)
+    st = h.wait_phase("late", "Failed", timeout=60)
+    stalled = next(c for c in st["status"]["conditions"] if c["type"] == "Stalled")
+    assert "ran past spec.activeDeadlineSeconds (6 s" in stalled["message"]
+    started = next(e for e in h.events("late") if e.reason == "JobCreated").first_timestamp
+    failed = datetime.fromisoformat(stalled["lastTransitionTime"].replace("Z", "+00:00"))
+    assert (failed - started).total_seconds() <= 6 + 6, "stopped within seconds of the deadline, not at a resync"
+    deadline = time.monotonic() + 30
+    while (h.jobs("late") or h.pods("late")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert h.jobs("late") == [] and h.pods("late") == [], "the overdue job and its pods are gone"
 
 
 def test_failed_gate_blocks_downstream(h):

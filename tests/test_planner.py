@@ -138,6 +138,10 @@ def test_failure_backs_off_retries_and_stops_at_the_limit():
     gone = plan_stage(observe(st, job=None, now=NOW + timedelta(seconds=6)))
     assert gone.status.phase == "Retrying" and gone.status.retries == 1 and not gone.actions and "OOMKilled" in gone.message, \
         "with its job deleted, the back-off still holds and the failure is still told"
+    pod = {"metadata": {"name": "sft-a1-master-0"}, "status": {"phase": "Failed"}}
+    stopping = plan_stage(observe(_with_status(st, gone.status), job=None, pods=(pod,), now=NOW + timedelta(seconds=11)))
+    assert stopping.status.phase == "Retrying" and not stopping.actions and "OOMKilled" in stopping.message, \
+        "no next attempt while the failed one's pods are still there"
     lingering = plan_stage(observe(st, job=job("sft-a1", ("Failed", "OOMKilled")), now=NOW + timedelta(seconds=11)))
     assert lingering.status.job_name == "sft-a1" and not any(isinstance(a, CreateJob) for a in lingering.actions), \
         "no next attempt while the failed one's job is still there (being deleted)"

@@ -48,13 +48,12 @@ def installed_backends(api: client.ApiClient) -> frozenset[str]:
     found = set()
     for kind in KINDS.values():
         try:
-            served = api.call_api(f"/apis/{kind.api_version}", "GET", response_type="object", auth_settings=["BearerToken"],
-                                  _return_http_data_only=True)
+            served = _custom(api).get_api_resources(kind.group, kind.version)
         except ApiException as err:
             if err.status == 404:
                 continue
             raise
-        if any(r.get("name") == kind.plural for r in (served or {}).get("resources", [])):
+        if any(r.name == kind.plural for r in served.resources or []):
             found.add(kind.backend)
     return frozenset(found)
 
@@ -114,9 +113,10 @@ def set_job_suspended(api: client.ApiClient, namespace: str, name: str, suspende
 
 def delete_job(api: client.ApiClient, namespace: str, name: str, kind: JobKind = PYTORCHJOB) -> None:
     try:
-        # Foreground: the job stays (being deleted) until its pods are gone, and the planner starts no next
-        # attempt while it is there.
-        _custom(api).delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name, propagation_policy="Foreground")
+        # Background, not Foreground: a TrainJob's batch Job, foreground-deleted, has the Job controller create new
+        # pods for it while its old ones are being removed (seen with Kubernetes 1.34). The planner starts no next
+        # attempt until the old attempt's pods are gone.
+        _custom(api).delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name, propagation_policy="Background")
     except ApiException as err:
         if err.status != 404:
             raise

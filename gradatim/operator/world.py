@@ -55,7 +55,6 @@ class WatchCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._backends: tuple[float, frozenset[str]] | None = None
         # (resourceVersion, object) by (namespace, name): stages and pipelines parsed once per change, and kept
         # parsed only (not as the raw body too: half the memory).
         self._stages: dict[tuple[str, str], tuple[str | None, TrainingStage]] = {}
@@ -63,6 +62,9 @@ class WatchCache:
         self._graph_versions: dict[tuple[str, str], int] = {}  # bumped when a pipeline's stages or their specs change
         self._pipelines: dict[tuple[str, str], tuple[str | None, TrainingPipeline]] = {}
         self._jobs: dict[tuple[str, str], tuple[str | None, dict[str, Any]]] = {}
+        # The version a job had when it was dropped: a watch event still in flight with that version or an older
+        # one must not bring a deleted job back (a failed attempt would look pending again).
+        self._dropped_jobs: dict[tuple[str, str], str | None] = {}
 
     # -- fed by the watches and by our own writes -------------------------------------------------------
 
@@ -117,11 +119,22 @@ class WatchCache:
             self._pipelines.pop((namespace, name), None)
 
     def put_job(self, body: Mapping[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock:
+            if key in self._dropped_jobs:
+                dropped = self._dropped_jobs[key]
+                if dropped is not None and _version(body) == dropped or not _newer(body, dropped):
+                    return
+                del self._dropped_jobs[key]
         self._put(self._jobs, body, lambda job: job)  # jobs are read as the API server wrote them
 
     def drop_job(self, namespace: str, name: str) -> None:
         with self._lock:
-            self._jobs.pop((namespace, name), None)
+            old = self._jobs.pop((namespace, name), None)
+            if old is not None:
+                if len(self._dropped_jobs) > 10_000:  # only in-flight events matter; old tombstones can go
+                    self._dropped_jobs.clear()
+                self._dropped_jobs[(namespace, name)] = old[0]
 
     # -- read by the shell ------------------------------------------------------------------------------
 
@@ -169,6 +182,7 @@ class KubeWorld:
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
         self._s3_clients: dict[tuple, Any] = {}  # building a boto3 client costs ~0.3 s and megabytes: reuse them
         self._lock = threading.Lock()
+        self._backends: tuple[float, frozenset[str]] | None = None
 
     # -- reads ------------------------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ def reads_for(stage: TrainingStage, job: Mapping[str, Any] | None, keys: Mapping
     st, key = stage.status, keys.get(stage.metadata["name"])
     if key is None or is_settled(stage, key):
         return Reads()
+    if job is None and st is not None and st.phase == "Retrying" and st.job_name and st.cache_key == key:
+        return Reads(results=True, pods=True)  # the failed attempt's job is deleted: are its pods gone too?
     if job is None:
         # A run of this content may have finished before (a cache hit); worth a look once the stage could start.
         # Until then its dependencies are not done, and when they are, it is reconciled again.

@@ -314,10 +314,14 @@ def follow_job(p: _Planning, job: dict[str, Any] | None) -> Plan | None:
     if job is None:
         if suspended:
             return p.finish("Suspended", "Suspended", "suspended by spec.suspend" if stage.spec.suspend else "suspended by the pipeline's spec.suspend")
+        if retrying and o.pods:  # its job is gone, its pods are still stopping: never two gangs on one prefix
+            p.plan.requeue_after = 1.0
+            return p.finish("Retrying", "DeletingFailedJob", f"{_failure_told(previous)}; waiting for the {len(o.pods)} pod(s) of job "
+                            f"{status.job_name} to stop before attempt {status.attempt + 1}")
         if retrying and status.next_retry_time and o.now < status.next_retry_time:  # the failed attempt's job is gone
             p.plan.requeue_after = (status.next_retry_time - o.now).total_seconds()
-            ready = next((c for c in previous.conditions if c.type == "Ready"), None)
-            return p.finish("Retrying", "BackingOff", ready.message if ready else f"retry {status.retries} at {status.next_retry_time.isoformat()}")
+            return p.finish("Retrying", "BackingOff", f"{_failure_told(previous)}; retry {status.retries}/{stage.spec.retry_limit} at "
+                            f"{status.next_retry_time.isoformat()}")
         return None
     state = job_state(job)
     overdue = past_deadline(stage, job, o.now) if state in (JobState.RUNNING, JobState.PENDING) else None
@@ -363,10 +367,16 @@ def follow_job(p: _Planning, job: dict[str, Any] | None) -> Plan | None:
     if stage.spec.active_deadline_seconds and (started := job_start_time(job)) is not None:  # act on time, not at the resync
         left = stage.spec.active_deadline_seconds - (o.now - started).total_seconds()
         p.plan.requeue_after = max(1.0, left + 1.0)
-    if state is JobState.PENDING and kueue:
+    if state in (JobState.PENDING, JobState.SUSPENDED) and kueue:  # created suspended, for Kueue to admit
         return p.finish("Running", "WaitingForAdmission", f"job {status.job_name} is waiting for Kueue admission")
     return p.finish("Running", "JobRunning", f"job {status.job_name} is {state.value.lower()}")
 
+
+
+def _failure_told(previous: TrainingStageStatus) -> str:
+    """Why the attempt failed, as the status said when it was first seen failing (its job may be gone since)."""
+    ready = next((c for c in previous.conditions if c.type == "Ready"), None)
+    return re.split(r"; (?:retry \d|waiting for)", ready.message)[0] if ready and ready.message else "the attempt failed"
 
 
 def past_deadline(stage: TrainingStage, job: Mapping[str, Any], now: datetime) -> str | None:

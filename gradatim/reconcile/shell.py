@@ -104,7 +104,9 @@ class Shell:
                 except STORAGE_ERRORS as err:
                     fault = storage_fault(pipeline, out, err)
                     log.warning("Could not read S3 for stage %s/%s: %s", namespace, name, fault.message)
-        pods = tuple(world.job_pods(namespace, name, job["metadata"]["name"], backend)) if reads is not None and reads.pods and job is not None else ()
+        pods: tuple[dict[str, Any], ...] = ()
+        if reads is not None and reads.pods:  # the current job's, or a deleted failed attempt's (still stopping?)
+            pods = tuple(world.job_pods(namespace, name, job["metadata"]["name"] if job is not None else current, backend))
         plan = plan_stage(Observed(
             stage, pipeline, siblings, job, files.results, files.progress, now, tuple(problems), files.error, pods,
             keys=keys, storage_fault=fault, storage_patience_seconds=self.storage_patience_seconds, installed_backends=installed,
