@@ -192,6 +192,27 @@ def test_pytorchjob_dry_run_accepts_valid_and_rejects_invalid(kube, namespace):
     assert "pytorchReplicaSpecs" in rejected.value.body
 
 
+def test_the_kubeflow_controllers_webhooks_answer_as_a_users_install_does(kube, namespace):
+    """training-operator's validating webhook and Kubeflow Trainer's, served on loopback with our webhook CA."""
+    api = client.CustomObjectsApi(kube)
+    nameless = {**MINIMAL_PYTORCHJOB, "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {
+        "containers": [{"name": "trainer", "image": "busybox"}]}}}}}}
+    with pytest.raises(ApiException) as refused:
+        api.create_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", nameless, dry_run="All")
+    assert refused.value.status == 403 and "validator.pytorchjob.training-operator.kubeflow.org" in refused.value.body
+    assert "must have at least one container with name pytorch" in refused.value.body
+    trainjob = {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "metadata": {"name": "tj"},
+                "spec": {"runtimeRef": {"name": "no-such-runtime"}, "trainer": {"numNodes": 1}}}
+    with pytest.raises(ApiException) as unknown:
+        api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", namespace, "trainjobs", trainjob, dry_run="All")
+    assert unknown.value.status in (403, 422) and "no-such-runtime" in unknown.value.body
+    runtime = api.get_cluster_custom_object("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", "gradatim-torch")
+    assert runtime["spec"]["mlPolicy"]["torch"] == {}, "Gradatim's ClusterTrainingRuntime is installed"
+    trainjob["spec"]["runtimeRef"]["name"] = "gradatim-torch"
+    accepted = api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", namespace, "trainjobs", trainjob, dry_run="All")
+    assert accepted["spec"]["runtimeRef"]["kind"] == "ClusterTrainingRuntime", "the trainer's defaulting webhook ran"
+
+
 # -- S3 and Prometheus ---------------------------------------------------------------
 
 
@@ -285,8 +306,10 @@ def test_down_leaves_no_process_running(tmp_path: Path):
     up = cluster_cli("up", "--state-dir", str(state_dir))
     assert up.returncode == 0, up.stderr
     assert cluster_cli("status", "--state-dir", str(state_dir)).returncode == 0
-    pids = [record.pid for record in ClusterState.load(StateLayout(state_dir)).processes.values()]
-    assert len(pids) == 5
+    processes = ClusterState.load(StateLayout(state_dir)).processes
+    assert set(processes) == {"etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager",
+                              "training-operator", "jobset-controller", "trainer-controller-manager"}
+    pids = [record.pid for record in processes.values()]
 
     down = cluster_cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr

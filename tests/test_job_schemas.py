@@ -1,5 +1,6 @@
-"""Every PyTorchJob the planner renders passes Kubeflow's own PyTorchJob CRD schema on the real API server,
-including the multi-node shapes of the full-scale examples."""
+"""Every job the planner renders, PyTorchJob and TrainJob, passes Kubeflow's own CRD schemas and webhooks on the
+real API server (training-operator and Kubeflow Trainer running), including the multi-node shapes of the
+full-scale examples."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from kubernetes import client
 from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.api.hyperparams import PHI4_REASONING_SYSTEM_MESSAGE
 from gradatim.api.resolved import ENDPOINT_API_KEY_ENV, ResolvedStageSpec
-from gradatim.planner.render import Upstream, render_pytorchjob, render_stage_spec
+from gradatim.planner.render import TRAINING_RUNTIME, Upstream, render_pytorchjob, render_stage_spec, render_trainjob
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = ["quickstart", "phi4-mini-reasoning", "phi4-reasoning"]
@@ -37,6 +38,20 @@ def test_rendered_jobs_pass_kubeflow_schema(kube, example):
         job["metadata"]["namespace"] = "default"
         stored = api.create_namespaced_custom_object("kubeflow.org", "v1", "default", "pytorchjobs", job, dry_run="All", field_validation="Strict")
         assert stored["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_rendered_trainjobs_pass_kubeflow_trainer_schema_and_webhooks(kube, example):
+    """Through the CRD schema and Kubeflow Trainer's defaulting and validating webhooks, which check each TrainJob
+    against gradatim-torch (its runtime patches included)."""
+    pipe, stages = load(example)
+    api = client.CustomObjectsApi(kube)
+    for stage in stages:
+        job = render_trainjob(stage, pipe, key="0123456789abcdef", attempt=12, configmap="x-spec", suspend=False)
+        job["metadata"]["namespace"] = "default"
+        stored = api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", "default", "trainjobs", job, dry_run="All",
+                                                     field_validation="Strict")
+        assert stored["spec"]["runtimeRef"] == {"name": TRAINING_RUNTIME, "kind": "ClusterTrainingRuntime", "apiGroup": "trainer.kubeflow.org"}
 
 
 # The full-scale examples, stage by stage: (nodes, GPUs per node) of the planned PyTorchJob. Every stage shares the
@@ -151,6 +166,47 @@ def test_full_scale_job_shape(example, name):
             assert api_key == [{"name": ENDPOINT_API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": "r1-teacher", "key": "api-key"}}}]
         else:
             assert api_key == []
+
+
+@pytest.mark.parametrize(("example", "name"), FULL_SCALE_CASES)
+def test_full_scale_trainjob_shape(example, name):
+    """The same stage as a TrainJob: nodes and processes per node in `trainer`, the same container, env and volumes
+    through gradatim-torch and one runtime patch."""
+    pipe, stage, _ = full_scale_stage(example, name)
+    nodes, gpus = FULL_SCALE[example][name]
+    job = render_trainjob(stage, pipe, key="k", attempt=1, configmap="c", suspend=True)
+    trainer = job["spec"]["trainer"]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == QUEUE
+    assert trainer["numNodes"] == nodes and trainer["numProcPerNode"] == max(gpus, 1)
+    assert trainer["image"] == IMAGE and trainer["command"] == COMMAND
+    assert trainer["resourcesPerNode"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    [patch] = job["spec"]["runtimePatches"]
+    [node] = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM}} in pod["volumes"]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH[example]}} in pod["volumes"]
+    assert {"name": "stage-spec", "configMap": {"name": "c"}} in pod["volumes"]
+    assert pod["containers"] == [{"name": "node", "volumeMounts": [{"name": "stage-spec", "mountPath": "/etc/gradatim", "readOnly": True}]}]
+    token = next(e for e in trainer["env"] if e["name"] == "HF_TOKEN")
+    assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": False}}}
+
+
+def test_a_priority_class_cannot_ride_on_a_trainjob():
+    """phi4-mini-reasoning sets a PriorityClass; Trainer v2.3's runtime patches cannot set one, so asking for the
+    TrainJob backend says so and names the fields, instead of dropping the priority silently."""
+    from datetime import datetime, timezone
+
+    from gradatim.planner.stage import Observed, plan_stage
+
+    pipe, stage, upstream = full_scale_stage("phi4-mini-reasoning", "teacher-rollouts")
+    pipe = pipe.model_copy(update={"spec": pipe.spec.model_copy(update={"backend": "trainjob"})})
+    plan = plan_stage(Observed(stage, pipe, {stage.metadata["name"]: stage}, None, None, None, datetime.now(timezone.utc),
+                               installed_backends=frozenset({"pytorchjob", "trainjob"})))
+    assert plan.status.phase == "Invalid" and "priorityClassName" in plan.message and "spec.backend: pytorchjob" in plan.message
+    auto = pipe.model_copy(update={"spec": pipe.spec.model_copy(update={"backend": "auto"})})
+    plan = plan_stage(Observed(stage, auto, {stage.metadata["name"]: stage}, None, None, None, datetime.now(timezone.utc),
+                               installed_backends=frozenset({"pytorchjob", "trainjob"})))
+    assert plan.status.backend == "pytorchjob", "auto picks PyTorchJob where its CRD is installed"
 
 
 @pytest.mark.parametrize(("example", "name"), FULL_SCALE_CASES)
