@@ -246,6 +246,25 @@ def test_the_operator_stops_an_attempt_past_its_deadline_on_time(h):
     assert h.jobs("late") == [] and h.pods("late") == [], "the overdue job and its pods are gone"
 
 
+def test_pods_the_cluster_refuses_stall_the_stage_with_the_api_servers_words(hb):
+    """A missing ServiceAccount (or PriorityClass) makes the controller's pod creation fail, which only its events
+    tell; the stage is Blocked (kstatus: Stalled) with the API server's message, and runs once the account exists."""
+    hb.pipeline("refused", serviceAccountName="trainer-sa")
+    hb.stage("nosa", "refused", env={"STAND_IN_STEPS": "2"})
+    st = hb.wait_phase("nosa", "Blocked", timeout=60)
+    stalled = next(c for c in st["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "PodCreationFailed"
+    assert 'serviceaccount "trainer-sa" not found' in stalled["message"] and "nosa-a1 cannot create its pods" in stalled["message"]
+    client.CoreV1Api(hb.kube).create_namespaced_service_account(hb.namespace, {"metadata": {"name": "trainer-sa"}})
+    st = hb.wait_phase("nosa", "Succeeded", timeout=240)
+    assert st["status"]["attempt"] == 1, "the same job went on once the account existed"
+    if hb.backend == "pytorchjob":
+        hb.pipeline("unranked", priorityClassName="no-such-priority")
+        hb.stage("noprio", "unranked")
+        st = hb.wait_phase("noprio", "Blocked", timeout=60)
+        assert "no PriorityClass with name no-such-priority was found" in st["status"]["conditions"][0]["message"]
+
+
 def test_failed_gate_blocks_downstream(h):
     h.pipeline("gated")
     h.stage("check", "gated", "eval", env={"STAND_IN_METRICS": '{"pass@1": 0.1}'}, qualityGate={"metric": "pass@1", "comparison": ">=", "threshold": 0.5})

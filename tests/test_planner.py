@@ -371,3 +371,15 @@ def test_an_s3_fault_a_user_must_fix_is_invalid_at_once():
     fault = StorageFault("TrainingPipeline recipe spec.storage.bucket: bucket 'nope' does not exist", transient=False)
     plan = plan_stage(observe(stage("sft"), storage_fault=fault))
     assert plan.status.phase == "Invalid" and "spec.storage.bucket" in plan.message and not plan.actions
+
+
+def test_a_pending_job_whose_pods_are_refused_is_blocked_until_one_is_created():
+    st = stage("sft")
+    st = _with_status(st, plan_stage(observe(st)).status)
+    refused = ({"reason": "FailedCreatePod", "message": 'pods "sft-a1-master-0" is forbidden: serviceaccount "x" not found'},)
+    plan = plan_stage(observe(st, job=job("sft-a1"), events=refused))
+    assert plan.status.phase == "Blocked" and 'serviceaccount "x" not found' in plan.message and not plan.actions
+    assert {c.type: c.status for c in plan.status.conditions}["Stalled"] == "True"
+    later = refused + ({"reason": "SuccessfulCreatePod", "message": "Created pod: sft-a1-master-0"},)
+    assert plan_stage(observe(st, job=job("sft-a1"), events=later)).status.phase == "Running", "a pod created since: the old event is history"
+    assert reads_for(st, job("sft-a1"), {"sft": st.status.cache_key}, {"sft": st}).events

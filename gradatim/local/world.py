@@ -131,6 +131,9 @@ class LocalWorld:
     def job_pods(self, namespace: str, stage: str, job: str, backend: str) -> list[dict[str, Any]]:
         return list(self.jobs.pods(job))
 
+    def job_events(self, namespace: str, job: str, backend: str) -> list[dict[str, Any]]:
+        return []  # local processes start or fail; nothing stands between
+
     def storage(self, pipeline: TrainingPipeline) -> tuple[Any, list[str]]:
         return self.store, []
 

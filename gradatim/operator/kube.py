@@ -65,6 +65,18 @@ def list_job_pods(api: client.ApiClient, namespace: str, stage: str, job: str, k
     return [api.sanitize_for_serialization(p) for p in pods]
 
 
+def list_job_events(api: client.ApiClient, namespace: str, job: str, kind: JobKind = PYTORCHJOB) -> list[dict[str, Any]]:
+    """Pod-creation events of a job, oldest first: training-operator writes them on the PyTorchJob, the Job
+    controller on a TrainJob's node Job (`<name>-node-0`)."""
+    names = [job] if kind is PYTORCHJOB else [job, f"{job}-node-0"]
+    found = []
+    for name in names:
+        for event in client.CoreV1Api(api).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items:
+            when = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            found.append({"reason": event.reason, "message": event.message or "", "time": when.isoformat() if when else ""})
+    return sorted(found, key=lambda e: e["time"])
+
+
 def read_secret(api: client.ApiClient, namespace: str, name: str) -> dict[str, str] | None:
     secret = get_or_none(client.CoreV1Api(api).read_namespaced_secret, name, namespace)
     if secret is None:

@@ -238,6 +238,13 @@ class KubeWorld:
             log.warning("Could not list the pods of %s %s/%s: %s", KINDS[backend].kind, namespace, job, err.reason)
             return []
 
+    def job_events(self, namespace: str, job: str, backend: str) -> list[dict[str, Any]]:
+        try:
+            return kube.list_job_events(self.api, namespace, job, KINDS[backend])
+        except ApiException as err:  # only sharpens a pending job's message
+            log.warning("Could not list the events of %s %s/%s: %s", KINDS[backend].kind, namespace, job, err.reason)
+            return []
+
     def storage(self, pipeline: TrainingPipeline) -> tuple[Any, list[str]]:
         ref, storage = pipeline.spec.storage.secret_ref, pipeline.spec.storage
         namespace = pipeline.metadata["namespace"]

@@ -23,6 +23,9 @@ class Reads:
     """error.json: why the current attempt failed, in the trainer's words."""
     pods: bool = False
     """The current job's pods: their exit codes and termination messages (an OOM kill leaves no other trace)."""
+    events: bool = False
+    """The job's pod-creation events: a pod its controller could not create (no such ServiceAccount or
+    PriorityClass, over quota) is told only there, and the job would wait forever."""
 
     @property
     def storage(self) -> bool:
@@ -81,4 +84,6 @@ def reads_for(stage: TrainingStage, job: Mapping[str, Any] | None, keys: Mapping
         return Reads(results=True, progress=True)  # progress: the last step count, for the final status
     if state is JobState.FAILED:
         return Reads(results=True, error=True, pods=True)
-    return Reads()  # pending or suspended: nothing written yet, or nothing new
+    if state is JobState.PENDING:
+        return Reads(events=True)
+    return Reads()  # suspended: nothing new

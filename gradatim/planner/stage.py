@@ -62,6 +62,7 @@ class Observed:
     storage_fault: StorageFault | None = None  # the S3 reads failed (what reads_for asked for)
     storage_patience_seconds: float = STORAGE_PATIENCE_SECONDS  # how long a transient fault is waited out
     installed_backends: frozenset[str] = frozenset({"pytorchjob"})  # the job CRDs the cluster serves, for `auto`
+    events: tuple[dict[str, Any], ...] = ()  # the pending job's pod-creation events (reason, message, time), oldest first
 
 
 @dataclass(frozen=True)
@@ -367,10 +368,29 @@ def follow_job(p: _Planning, job: dict[str, Any] | None) -> Plan | None:
     if stage.spec.active_deadline_seconds and (started := job_start_time(job)) is not None:  # act on time, not at the resync
         left = stage.spec.active_deadline_seconds - (o.now - started).total_seconds()
         p.plan.requeue_after = max(1.0, left + 1.0)
+    if state is JobState.PENDING and (refused := pods_refused(o.events)):
+        p.plan.requeue_after = 10.0  # the controller keeps trying; a created ServiceAccount or quota lets it through
+        return p.finish("Blocked", "PodCreationFailed", f"job {status.job_name} cannot create its pods: {refused}")
     if state in (JobState.PENDING, JobState.SUSPENDED) and kueue:  # created suspended, for Kueue to admit
         return p.finish("Running", "WaitingForAdmission", f"job {status.job_name} is waiting for Kueue admission")
     return p.finish("Running", "JobRunning", f"job {status.job_name} is {state.value.lower()}")
 
+
+
+POD_CREATED = ("SuccessfulCreatePod", "SuccessfulCreate")  # training-operator's, the Job controller's
+POD_REFUSED = ("FailedCreatePod", "FailedCreate")
+
+
+def pods_refused(events: tuple[dict[str, Any], ...]) -> str | None:
+    """The API server's words for the last pod the job's controller could not create, unless a pod was created
+    after it (events outlive the cause)."""
+    last = None
+    for event in events:
+        if event.get("reason") in POD_REFUSED:
+            last = event.get("message") or event["reason"]
+        elif event.get("reason") in POD_CREATED:
+            last = None
+    return last
 
 
 def _failure_told(previous: TrainingStageStatus) -> str:

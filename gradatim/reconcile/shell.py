@@ -107,9 +107,11 @@ class Shell:
         pods: tuple[dict[str, Any], ...] = ()
         if reads is not None and reads.pods:  # the current job's, or a deleted failed attempt's (still stopping?)
             pods = tuple(world.job_pods(namespace, name, job["metadata"]["name"] if job is not None else current, backend))
+        events = tuple(world.job_events(namespace, current, backend)) if reads is not None and reads.events and job is not None else ()
         plan = plan_stage(Observed(
             stage, pipeline, siblings, job, files.results, files.progress, now, tuple(problems), files.error, pods,
             keys=keys, storage_fault=fault, storage_patience_seconds=self.storage_patience_seconds, installed_backends=installed,
+            events=events,
         ))
         log.debug("Planned stage %s/%s: %s %s: %s", namespace, name, plan.status.phase, plan.reason, plan.message)
         outcome = StageOutcome(stage, previous=status, storage_error=fault is not None)

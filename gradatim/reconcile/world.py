@@ -36,6 +36,11 @@ class World(Protocol):
         """The job's pods with the status their kubelet wrote."""
         ...
 
+    def job_events(self, namespace: str, job: str, backend: str) -> list[dict[str, Any]]:
+        """Events about creating the job's pods (`reason`, `message`), oldest first: its controller's own, or for a
+        TrainJob, the Job controller's on the node Job."""
+        ...
+
     def storage(self, pipeline: TrainingPipeline) -> tuple[Any, list[str]]:
         """An S3 client with the pipeline's credentials, or the problems that prevent one, each naming the field."""
         ...
