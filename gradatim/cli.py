@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     from gradatim.cluster.quickstart import QuickstartError, run_quickstart
 
     try:
-        return run_quickstart(args.state_dir, args.example, args.timeout)
+        return run_quickstart(args.state_dir, args.example, args.timeout, args.backend)
     except QuickstartError as err:
         print(f"gradatim quickstart: {err}", file=sys.stderr)
         return 1
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--state-dir", default=None, help="control plane state (default: ~/.gradatim/cluster)")
     quick.add_argument("--example", type=Path, default=None, help="a recipe directory with a kustomization (default: examples/quickstart)")
     quick.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds")
+    quick.add_argument("--backend", choices=("pytorchjob", "trainjob"), default=os.environ.get("GRADATIM_BACKEND") or None,
+                       help="run the stages as Kubeflow PyTorchJobs (what `auto` picks here) or Kubeflow Trainer v2 TrainJobs "
+                            "(default: the recipe's spec.backend; also GRADATIM_BACKEND, e.g. `make quickstart BACKEND=trainjob`)")
     quick.set_defaults(func=_quickstart)
 
     from gradatim.cluster.podrunner import add_podrunner_command

@@ -48,8 +48,8 @@ def small_recipe(root: Path, namespace: str) -> Path:
     return root
 
 
-def quickstart(cluster, example: Path) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "gradatim", "quickstart", "--state-dir", str(cluster.state_dir), "--example", str(example), "--timeout", "600"]
+def quickstart(cluster, example: Path, *more: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "gradatim", "quickstart", "--state-dir", str(cluster.state_dir), "--example", str(example), "--timeout", "600", *more]
     return subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO)
 
 
@@ -88,6 +88,24 @@ def test_quickstart_runs_the_recipe_follows_it_and_reports(cluster, tmp_path):
         assert any(stage in line and "Succeeded" in line for line in edited.stdout.splitlines()), edited.stdout
     assert any("midtrain " in line and "Running" in line for line in edited.stdout.splitlines()), edited.stdout
     assert hashlib.sha256(page.read_bytes()).hexdigest() != digest, "the report shows the edited run"
+
+
+def test_the_same_recipe_runs_as_trainjobs_with_one_switch(cluster, kube, tmp_path):
+    """`gradatim quickstart --backend trainjob` (`make quickstart BACKEND=trainjob`): the real trainer through
+    Kubeflow Trainer v2, JobSet and the Job controller instead of training-operator."""
+    from kubernetes import client
+
+    example = small_recipe(tmp_path / "recipe", f"qstj-{time.monotonic_ns() % 100000}")
+    done = quickstart(cluster, example, "--backend", "trainjob")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    ns, _ = example_pipeline(example)
+    api = client.CustomObjectsApi(kube)
+    stages = api.list_namespaced_custom_object("gradatim.io", "v1alpha1", ns, "trainingstages")["items"]
+    assert {s["status"]["backend"] for s in stages} == {"trainjob"} and {s["status"]["phase"] for s in stages} == {"Succeeded"}
+    jobs = api.list_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", ns, "trainjobs")["items"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == ["decontaminate-a1", "eval-midtrain-a1", "midtrain-a1"]
+    assert all(any(c["type"] == "Complete" and c["status"] == "True" for c in j["status"]["conditions"]) for j in jobs)
+    assert api.list_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs")["items"] == []
 
 
 def test_quickstart_names_the_field_of_a_bad_recipe(cluster, tmp_path):

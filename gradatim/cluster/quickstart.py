@@ -69,7 +69,19 @@ def background(processes: dict[str, list[str]], env: dict[str, str], logs: Path)
         stop_groups(groups, grace_seconds=20)
 
 
-def run_quickstart(state_dir: str | None = None, example: Path | None = None, timeout: float | None = None) -> int:
+def with_backend(rendered: str, backend: str) -> str:
+    """The recipe's YAML with its TrainingPipeline's `spec.backend` set (`kubectl kustomize` output in, YAML out)."""
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        if doc.get("kind") == "TrainingPipeline":
+            doc["spec"]["backend"] = backend
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def run_quickstart(state_dir: str | None = None, example: Path | None = None, timeout: float | None = None,
+                   backend: str | None = None) -> int:
+    """`backend`: run every stage as this Kubeflow job kind (`pytorchjob` or `trainjob`) instead of what the
+    recipe says (`auto`: PyTorchJob, as the embedded control plane serves both)."""
     example = (example or EXAMPLE).resolve()
     progress = ConsoleProgress()
     info = ControlPlane(state_dir).up(progress)
@@ -99,9 +111,15 @@ def run_quickstart(state_dir: str | None = None, example: Path | None = None, ti
         with progress.step(f"Created Secret {S3_SECRET} with the embedded S3 credentials"):
             namespace_yaml = f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n---\n"
             kubectl("apply", "-f", "-", stdin=namespace_yaml + render_s3_secret(info, namespace))
-        with progress.step(f"Applied {example} with kubectl apply -k"):
-            kubectl("apply", "-k", str(example), "--dry-run=server")  # all or nothing: no half-applied recipe
-            print(kubectl("apply", "-k", str(example)), end="")
+        if backend is None:
+            with progress.step(f"Applied {example} with kubectl apply -k"):
+                kubectl("apply", "-k", str(example), "--dry-run=server")  # all or nothing: no half-applied recipe
+                print(kubectl("apply", "-k", str(example)), end="")
+        else:
+            with progress.step(f"Applied {example} with kubectl apply -k, the pipeline's spec.backend set to {backend}"):
+                rendered = with_backend(kubectl("kustomize", str(example)), backend)
+                kubectl("apply", "-f", "-", "--dry-run=server", stdin=rendered)
+                print(kubectl("apply", "-f", "-", stdin=rendered), end="")
         api = config.new_client_from_config(config_file=str(info.kubeconfig))
         phase = follow(f"TrainingPipeline {namespace}/{pipeline}", lambda: poll(api, namespace, pipeline), timeout=timeout)
     report = write_report(api, namespace, pipeline, info.state_dir / "reports" / pipeline)
