@@ -144,7 +144,7 @@ def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None,
             window = 2 * resync
             before = apiserver_requests(info)
             time.sleep(window)
-            background = apiserver_requests(info) - before  # the controller-manager's and job runner's own traffic
+            background = apiserver_requests(info) - before  # the controllers' and the pod runner's own traffic
             h.start()
             # Out of the embedded Prometheus (it scrapes every second, for the tests): at this load a scrape costs the
             # operator a lot of CPU, and a real one scrapes every 30 s. The scrape's own cost is measured below.

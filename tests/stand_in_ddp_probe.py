@@ -1,4 +1,4 @@
-"""A stand-in trainer entrypoint for the job runner's tests: every rank records the env Kubeflow and torchrun
+"""A stand-in trainer entrypoint for the Kubeflow controllers' tests (tests/test_kubeflow.py): every rank records the env Kubeflow and torchrun
 gave it, then all ranks join one gloo all-reduce, which only completes if the rendezvous across the local
 "nodes" worked."""
 

@@ -1,4 +1,4 @@
-"""A stand-in for `gradatim.trainer` in the operator's tests, run by the local job runner for the test image
+"""A stand-in for `gradatim.trainer` in the operator's tests, run by the pod runner for the test image
 `gradatim/stand-in-trainer:test`. It honours the trainer's contract without training anything: reads the
 resolved stage spec, checks every input URI exists in S3, resumes from its checkpoint, reports progress, and
 writes outputs and then results.json (last, so results appear only when the run is complete).

@@ -1,5 +1,5 @@
 """The dashboard against a real run: a pipeline of every stage type, run by the real trainer under the operator
-and the local job runner, scraped by the embedded Prometheus; then every panel's PromQL, evaluated over the
+and the pod runner under the real Kubeflow controllers, scraped by the embedded Prometheus; then every panel's PromQL, evaluated over the
 run's window as Grafana would, must return data."""
 
 from __future__ import annotations

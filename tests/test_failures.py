@@ -174,9 +174,14 @@ def test_a_kill_for_memory_says_which_resource_to_raise():
     assert plan.status.phase == "Failed"
     assert stalled(plan).startswith("job sft-a1 failed: the trainer was killed for memory (exit 137, OOMKilled): raise spec.resources.memory "
                                     "(now 8Gi) or lower sft.microBatchSize or sft.maxLength, or set sft.sharding: fsdp; retry limit 0 reached")
-    # A replica the job runner stopped after another failed is not a kill for memory.
+    # A replica stopped after another failed is not a kill for memory: one a runner says it stopped ("Killed"),
+    # or one its controller was deleting (cleanPodPolicy: Running) when the pods were read.
     plan = plan_stage(observed_failure(st, pods=(pod("sft-a1-worker-0", 137, "Killed"), pod("sft-a1-master-0", 1, message="boom\nlast words"))))
     assert "killed for memory" not in plan.message and "last words (the pod log's last line)" in plan.message
+    stopped = pod("sft-a1-worker-0", 137, "Error")
+    stopped["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    plan = plan_stage(observed_failure(st, pods=(stopped, pod("sft-a1-master-0", 1, message="boom\nlast words"))))
+    assert "killed for memory" not in plan.message and "last words" in plan.message
 
 
 def test_torchruns_summary_of_a_worker_killed_by_sigkill_is_a_kill_for_memory():
@@ -232,7 +237,7 @@ def test_the_trainer_container_keeps_its_termination_message():
     assert container["terminationMessagePath"] == "/dev/termination-log" and container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
-# -- the job runner's pod status, as the kubelet writes it -------------------------------------------------
+# -- `gradatim run`'s pod status, as the kubelet writes it -------------------------------------------------
 
 def test_a_replica_killed_by_sigkill_exits_137_and_one_that_wrote_a_message_keeps_it(tmp_path):
     spec = {"containers": [{"name": "pytorch", "image": "i", "terminationMessagePolicy": "FallbackToLogsOnError"}]}

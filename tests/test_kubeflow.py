@@ -154,10 +154,13 @@ def test_a_failed_attempt_stays_failed_and_is_never_run_again(kube, namespace, r
 def test_an_onfailure_replica_is_restarted_in_place(kube, namespace, runner, tmp_path):
     """`restartPolicy: OnFailure` on a replica: training-operator gives the pod that policy and the pod runner
     restarts the container in place, as a kubelet does; the job then succeeds."""
-    script = "test -f /work/marker && exit 0; touch /work/marker; exit 1"
+    # The marker's path comes by env, which the pod runner maps into the pod's emptyDir (a path inside a shell
+    # script is not rewritten).
+    script = 'test -f "$MARKER" && exit 0; touch "$MARKER"; exit 1'
     body = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "flaky"},
             "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": {"spec": {
                 "containers": [{"name": "pytorch", "image": "busybox", "command": ["sh", "-c", script],
+                                "env": [{"name": "MARKER", "value": "/work/marker"}],
                                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
                 "volumes": [{"name": "work", "emptyDir": {}}]}}}}}}
     create(kube, namespace, body)
@@ -166,3 +169,4 @@ def test_an_onfailure_replica_is_restarted_in_place(kube, namespace, runner, tmp
     assert pod.spec.restart_policy == "OnFailure"
     status = pod.status.container_statuses[0]
     assert status.restart_count == 1 and status.last_state.terminated.exit_code == 1
+    assert list((tmp_path / "pods" / namespace / "flaky-master-0" / "volumes").rglob("marker")), "the marker is in the pod's emptyDir"

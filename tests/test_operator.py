@@ -1,4 +1,4 @@
-"""The operator and the local job runner, as real processes, on the real API server and SeaweedFS.
+"""The operator and the pod runner, as real processes, on the real API server, Kubeflow controllers and SeaweedFS.
 Jobs run tests/stand_in_trainer.py (named as such), a stand-in for gradatim.trainer."""
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_the_trainers_one_line_reason_is_the_stalled_message(h):
     assert any(e.type == "Warning" and "tiny-foo" in e.message for e in h.events("nomodel"))
     [pod] = client.CoreV1Api(h.kube).list_namespaced_pod(h.namespace, label_selector="gradatim.io/stage=nomodel").items
     terminated = pod.status.container_statuses[0].state.terminated
-    assert terminated.exit_code == 1 and "tiny-foo" in terminated.message, "the job runner writes the container's state as the kubelet does"
+    assert terminated.exit_code == 1 and "tiny-foo" in terminated.message, "the pod runner writes the container's state as the kubelet does"
 
 
 @pytest.mark.parametrize("kill, how", [("container", "exit 137, Error"), ("worker", "a torchrun worker got SIGKILL")])

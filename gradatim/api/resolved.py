@@ -13,7 +13,7 @@ from gradatim.api.hyperparams import PARAMS_BY_TYPE
 
 ENDPOINT_API_KEY_ENV = "GRADATIM_ENDPOINT_API_KEY"  # the endpoint's API key, from its Secret, in the trainer's environment
 
-# Seconds the trainer waits at exit for one last scrape of its metrics (0: no wait). A job runner that knows
+# Seconds the trainer waits at exit for one last scrape of its metrics (0: no wait). A pod runner that knows
 # its Prometheus scrapes often sets it; on a cluster, set it in a stage's `env`.
 FINAL_SCRAPE_ENV = "GRADATIM_METRICS_FINAL_SCRAPE_SECONDS"
 

@@ -56,7 +56,7 @@ class RunResults(RunFile):
 ERROR_FILE = "error.json"  # under OutputLocation.uri: why the last failed attempt failed (rank 0 writes it)
 # Where a container's termination message goes; the kubelet reads it into the pod's terminated state.
 TERMINATION_LOG = "/dev/termination-log"
-TERMINATION_LOG_ENV = "GRADATIM_TERMINATION_LOG"  # overrides TERMINATION_LOG: tests and the local job runner
+TERMINATION_LOG_ENV = "GRADATIM_TERMINATION_LOG"  # overrides TERMINATION_LOG: tests, the pod runner and `gradatim run`
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet keeps no more of a termination message
 
 ErrorKind = Literal["InvalidInput", "MissingInput", "ModelLoad", "Storage", "Endpoint", "OutOfMemory", "InvalidParams", "Unexpected"]

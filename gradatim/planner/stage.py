@@ -449,6 +449,8 @@ def terminated_states(pods: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
     PyTorchJob's Master, a TrainJob's node 0)."""
     states = []
     for pod in sorted(pods, key=lambda p: not re.search(r"-(master-0|node-0-0-\w+)$", p.get("metadata", {}).get("name", ""))):
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue  # stopped by its controller after another pod failed (cleanPodPolicy: Running): not a cause
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             if container.get("name") not in (k.container for k in KINDS.values()):
                 continue
@@ -474,7 +476,8 @@ def failure_cause(o: Observed, attempt: int) -> str:
     cause beats an Unexpected one, as rank 0 often only hears that a peer went away), the log's tail, else
     Kubeflow's condition."""
     states = terminated_states(o.pods)
-    # 137 is SIGKILL: the kernel's OOM killer, unless the job runner says it stopped the replica itself ("Killed").
+    # 137 is SIGKILL: the kernel's OOM killer (a pod its controller was deleting was stopped, not killed; see
+    # terminated_states), unless a runner says it stopped the replica itself ("Killed").
     killed = next((t for t in states if t.get("reason") == "OOMKilled" or (t.get("exitCode") == 137 and t.get("reason") != "Killed")), None)
     # torchrun outlives a worker the OOM killer chose alone, and its failure summary in the log's tail says so.
     worker = next((t for t in states if TORCHRUN_SIGKILL.search(t.get("message") or "")), None)
