@@ -1,4 +1,5 @@
-"""Kubeflow training-operator v1 semantics, as pure functions, for the local job runner.
+"""Kubeflow training-operator v1 semantics, as pure functions, for `gradatim run` only: a local run has no
+cluster and no controllers. On the embedded control plane the real training-operator runs (see controllers.py).
 
 Copied in behaviour (not code) from kubeflow/training-operator, branch release-1.9:
 - conditions and their reasons: pkg/util/status.go (`UpdateJobConditions`, `setCondition`, `NewReason`):

@@ -3,8 +3,9 @@ operator do for one job, given the job as a dict and resolvers for the ConfigMap
 
 Each replica is a `torchrun` process (`python -m torch.distributed.run`) with the env Kubeflow injects (master on
 loopback), its ConfigMap and Secret volumes written to files and its Secret references resolved into env. `sync`
-returns the status Kubeflow would write. `gradatim jobrunner` feeds it jobs from the API server; `gradatim run`
-feeds it the jobs its planner renders. The semantics it copies are listed, with links, in `kubeflow.py`.
+returns the status Kubeflow would write. Only `gradatim run` (no cluster) uses it, feeding it the jobs its
+planner renders; on a cluster the real Kubeflow controllers and the pod runner do this. The semantics it copies
+are listed, with links, in `kubeflow.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from gradatim.cluster.targets import write_targets
 from gradatim.cluster import kubeflow as kf
 from gradatim.planner.render import KUBEFLOW_JOB_LABEL
 
-log = logging.getLogger("gradatim.jobrunner")
+log = logging.getLogger("gradatim.local.jobs")
 
 KILL_GRACE_SECONDS = 5.0
 
