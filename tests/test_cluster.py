@@ -304,12 +304,16 @@ def test_down_leaves_no_process_running(tmp_path: Path):
     """On its own state dir, so the shared cluster keeps running."""
     state_dir = tmp_path / "cluster"
     up = cluster_cli("up", "--state-dir", str(state_dir))
-    assert up.returncode == 0, up.stderr
-    assert cluster_cli("status", "--state-dir", str(state_dir)).returncode == 0
-    processes = ClusterState.load(StateLayout(state_dir)).processes
-    assert set(processes) == {"etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager",
-                              "training-operator", "jobset-controller", "trainer-controller-manager"}
-    pids = [record.pid for record in processes.values()]
+    try:
+        assert up.returncode == 0, up.stderr
+        assert cluster_cli("status", "--state-dir", str(state_dir)).returncode == 0
+        processes = ClusterState.load(StateLayout(state_dir)).processes
+        assert set(processes) == {"etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager",
+                                  "training-operator", "jobset-controller", "trainer-controller-manager"}
+        pids = [record.pid for record in processes.values()]
+    except BaseException:
+        cluster_cli("down", "--state-dir", str(state_dir))  # a failed check must not leave a control plane running
+        raise
 
     down = cluster_cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr

@@ -376,7 +376,6 @@ def follow_job(p: _Planning, job: dict[str, Any] | None) -> Plan | None:
     return p.finish("Running", "JobRunning", f"job {status.job_name} is {state.value.lower()}")
 
 
-
 POD_CREATED = ("SuccessfulCreatePod", "SuccessfulCreate")  # training-operator's, the Job controller's
 POD_REFUSED = ("FailedCreatePod", "FailedCreate")
 
