@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
+import threading
+from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
@@ -49,3 +51,16 @@ def namespace(kube: client.ApiClient) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@contextmanager
+def running(runner) -> Iterator:
+    """A pod runner's loop in a thread for the test's length; its processes stopped afterwards."""
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        stop.set()
+        thread.join(30)

@@ -6,13 +6,13 @@ controllers' own; the pod runner only runs the pods they create."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from tests.conftest import running
 from gradatim.cluster.podrunner import PodRunner
 from gradatim.planner.render import TRAINING_RUNTIME
 
@@ -25,12 +25,8 @@ COMMAND = ["torchrun", "-m", "gradatim.trainer", "--spec", "/etc/gradatim/stage.
 def runner(kube, namespace, tmp_path):
     r = PodRunner(kube, tmp_path / "pods", namespace, {PROBE_IMAGE: "tests.stand_in_ddp_probe"},
                   extra_env={"PYTHONPATH": str(REPO)}, poll_seconds=0.2, node_name=f"node-{namespace}", cpus=64)
-    stop = threading.Event()
-    thread = threading.Thread(target=r.run, args=(stop,), daemon=True)
-    thread.start()
-    yield r
-    stop.set()
-    thread.join(30)
+    with running(r):
+        yield r
 
 
 def setup_objects(kube, namespace) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.conftest import running
 from gradatim.cluster.podrunner import LOST_MESSAGE, Container, PodRunner, admission_error, expand, pod_cpu, quantity
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -24,12 +24,8 @@ def runner(kube, namespace, tmp_path):
     r = PodRunner(kube, tmp_path / "pods", namespace, extra_env={"PYTHONPATH": REPO}, prometheus_sd_dir=tmp_path / "sd",
                   poll_seconds=0.2, cpus=2)
     (tmp_path / "sd").mkdir()
-    stop = threading.Event()
-    thread = threading.Thread(target=r.run, args=(stop,), daemon=True)
-    thread.start()
-    yield r
-    stop.set()
-    thread.join(30)
+    with running(r):
+        yield r
 
 
 def container(script: str, *args: str, **fields) -> dict:
