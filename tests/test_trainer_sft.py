@@ -52,6 +52,24 @@ def list_checkpoints(store, checkpoint_uri: str) -> list[int]:
     return sorted(int(p["Prefix"].rstrip("/").rsplit("-", 1)[1]) for p in listing.get("CommonPrefixes", []))
 
 
+def settled_checkpoint_keys(store, checkpoint_uri: str, quiet: float = 2.0, timeout: float = 30) -> set[str]:
+    """The checkpoint objects once no more arrive: a PUT the killed run had fully sent can still land on the
+    server after the kill (seen in CI: a later checkpoint's manifest landed after this test deleted it)."""
+    loc = S3Location.parse(checkpoint_uri)
+
+    def keys() -> set[str]:
+        pages = store.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    deadline, seen = time.monotonic() + timeout, keys()
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        if (again := keys()) == seen:
+            return seen
+        seen = again
+    raise AssertionError(f"checkpoint objects still changing {timeout}s after the kill")
+
+
 def weights(store, uri, where):
     model, _ = load_model(ResolvedSource(uri=uri), store, Runtime.single(where))
     return model.state_dict()
@@ -76,6 +94,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupte
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert s3.read_json(store, spec.output.uri + "results.json") is None
+    settled_checkpoint_keys(store, spec.output.checkpoint_uri)
     # The run may have got past step 8 before the kill landed; a later checkpoint without its manifest is one
     # whose upload the kill cut short, which a retry must pass over. That makes the resume point 8 every time.
     later = [c for c in list_checkpoints(store, spec.output.checkpoint_uri) if c > 8]
@@ -93,6 +112,31 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupte
     b = weights(store, spec.output.uri + "model/", tmp_path / "b")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_run_lost_after_its_last_checkpoint_trains_no_further_step_on_retry(cluster, tmp_path):
+    """The pod is lost after the checkpoint at the last step was uploaded but before the model was: the retry
+    resumes there and saves that model, without training a step past maxSteps (transformers alone would)."""
+    store = cluster.s3_client()
+    spec = stage_spec(cluster, "sft", PARAMS, INPUTS, checkpoint_interval=4)
+    first = run_trainer(cluster, spec, tmp_path / "first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert 12 in list_checkpoints(store, spec.output.checkpoint_uri)
+    finished = weights(store, spec.output.uri + "model/", tmp_path / "a")
+    for uri in (spec.output.uri + "results.json", spec.output.uri + "model/" + MANIFEST):
+        loc = S3Location.parse(uri)
+        store.delete_object(Bucket=loc.bucket, Key=loc.key)
+
+    retry = run_trainer(cluster, spec.model_copy(update={"attempt": 2}), tmp_path / "retry")
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert "Resuming from checkpoint 12" in retry.stdout + retry.stderr
+    assert logged_losses(retry) == []
+    results = s3.read_json(store, spec.output.uri + "results.json")
+    assert results["attempt"] == 2 and results["metrics"]["steps"] == 12
+    assert abs(results["metrics"]["train_loss"] - logged_losses(first)[-1]) < 1e-3
+    resumed = weights(store, spec.output.uri + "model/", tmp_path / "b")
+    for name in finished:
+        torch.testing.assert_close(finished[name], resumed[name], rtol=0, atol=0, msg=name)
 
 
 def logged_losses(result) -> list[float]:

@@ -108,7 +108,7 @@ def sharded(trainer_class: type) -> type:
     accelerate only turns a multi-GPU run into an FSDP run; on CPUs it keeps MULTI_CPU and wraps the model in
     DDP, silently training unsharded. Its FSDP2 path itself (fully_shard, DCP checkpoints, full state dict
     gathering) works on gloo, so on CPU this switches the state to FSDP with the same plugin transformers
-    built. GPUs take accelerate's own path unchanged."""
+    built. GPUs take accelerate's own path unchanged. It also trains no step past the end when resumed at the end."""
 
     class Sharded(trainer_class):  # type: ignore[misc, valid-type]
         def create_accelerator_and_postprocess(self) -> None:
@@ -124,6 +124,14 @@ def sharded(trainer_class: type) -> type:
                 # As AcceleratorState does on GPUs: later `AcceleratorState()` calls copy the type from here.
                 PartialState._shared_state["distributed_type"] = DistributedType.FSDP
                 self.is_fsdp_enabled = True
+
+        def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+            # transformers 5 checks for the end only after a step: a run resumed from the checkpoint written at
+            # its last step (the pod was lost before the model was saved) would train one step past max_steps.
+            if self.state.global_step >= self.state.max_steps:
+                self.control.should_training_stop = True
+                return
+            super()._run_epoch(*args, **kwargs)
 
     Sharded.__name__ = Sharded.__qualname__ = f"Sharded{trainer_class.__name__}"
     return Sharded
@@ -188,6 +196,8 @@ class ReportingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is not None:
             self.reporter.set_model(model)
+        # A resumed run's state carries the checkpoint's log: one resumed at its end still has a last loss.
+        self.last_loss = next((float(e["loss"]) for e in reversed(state.log_history) if "loss" in e), None)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
