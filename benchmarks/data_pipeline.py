@@ -206,7 +206,7 @@ def compare_packers(sizes: list[int], max_length: int, work: Path) -> dict[str, 
 # -- the driver ------------------------------------------------------------------------------------------------------
 
 def run_path(path: str, args: argparse.Namespace, env: dict, work: Path, tokenizer_dir: Path, uri: str) -> list[dict]:
-    from gradatim.cluster.podrunner import free_port
+    from gradatim.cluster.kubelet import free_port
 
     report = work / f"report-{path}.jsonl"
     scratch = work / f"scratch-{path}"

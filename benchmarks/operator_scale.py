@@ -42,6 +42,7 @@ from kubernetes import client, config  # noqa: E402
 from gradatim.cluster import ControlPlane  # noqa: E402
 from gradatim.cluster.process import spawn  # noqa: E402
 from gradatim.cluster.progress import PlainProgress  # noqa: E402
+from tests.conftest import own_node  # noqa: E402
 from tests.operator_harness import Harness  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def wait_until(what: str, done, timeout: float) -> float:
 
 def measure(info, api, stages: int, pipelines: int, chain: int, ref: str | None, label: str, resync: float) -> dict[str, float]:
     ns = f"bench-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    client.CoreV1Api(api).create_namespace(own_node(ns))  # its pods for the harness's own pod runner
     h = Harness(info, api, ns, Path(tempfile.mkdtemp(prefix="gradatim-bench-op-")))
     h.s3_secret()
     custom = client.CustomObjectsApi(api)

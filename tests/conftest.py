@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client, config
 
 from gradatim.cluster import ClusterInfo, ControlPlane
+from gradatim.cluster.components import NODE_SELECTOR_ANNOTATION
 from gradatim.cluster.progress import PlainProgress
 
 
@@ -43,12 +44,23 @@ def kube(cluster: ClusterInfo) -> Iterator[client.ApiClient]:
     api_client.close()
 
 
+def own_node(namespace: str) -> dict:
+    """A namespace whose pods only a test's own pod runner (Node `node-<namespace>`) runs: the API server's
+    PodNodeSelector gives each of its pods that node's selector, so the cluster's pod runner leaves them alone."""
+    return {"metadata": {"name": namespace, "annotations": {NODE_SELECTOR_ANNOTATION: f"kubernetes.io/hostname={node_for(namespace)}"}}}
+
+
+def node_for(namespace: str) -> str:
+    return f"node-{namespace}"
+
+
 @pytest.fixture
 def namespace(kube: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards (the namespace controller empties it)."""
+    """A fresh namespace per test, deleted afterwards (the namespace controller empties it); its pods are for a
+    pod runner of the test's own (`node_for(namespace)`)."""
     name = f"test-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(kube)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespace(own_node(name))
     yield name
     core.delete_namespace(name)
 

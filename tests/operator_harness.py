@@ -26,7 +26,8 @@ from gradatim.api import GROUP, VERSION
 from gradatim.cluster.process import processes_in_group, signal_groups, spawn, stop_groups, wait_for
 from gradatim.cluster.targets import operator_targets
 from gradatim.planner.jobs import KINDS
-from gradatim.cluster.podrunner import free_port
+from gradatim.cluster.kubelet import free_port
+from tests.conftest import node_for, own_node
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_IN_IMAGE = "gradatim/stand-in-trainer:test"
@@ -77,7 +78,7 @@ class Harness:
         )
         self.runner = Process(
             [sys.executable, "-m", "gradatim", "podrunner", "-n", self.namespace, "--workdir", str(self.workdir / "pods"),
-             "--node-name", f"node-{self.namespace}", "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer",
+             "--node-name", node_for(self.namespace), "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer",
              "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir),
              "--cpus", "64"],  # the stand-in trainer barely uses a core: let the tests' jobs run side by side
             env, self.workdir / "podrunner.log",
@@ -184,7 +185,7 @@ class Harness:
 def running_harness(cluster: Any, kube: client.ApiClient, workdir: Path, prefix: str, backend: str = "pytorchjob") -> Iterator[Harness]:
     """A fresh namespace with the S3 Secret, an operator and a pod runner watching it; all gone afterwards."""
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": ns}})
+    client.CoreV1Api(kube).create_namespace(own_node(ns))
     harness = Harness(cluster, kube, ns, workdir, backend)
     harness.s3_secret()
     harness.start()

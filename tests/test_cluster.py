@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gradatim.cluster import ClusterInfo, ControlPlane, versions
+from gradatim.cluster.components import NODE_NAME
 from gradatim.cluster.build import download_module, local_replacements, render_go_mod
 from gradatim.cluster.layout import StateLayout
 from gradatim.cluster.process import pick_free_ports, processes_in_group, read_stat
 from gradatim.cluster.state import ClusterState
+from tests.conftest import node_for
 
 
 def eventually(check, timeout: float = 60, interval: float = 0.5):
@@ -216,6 +219,27 @@ def test_the_kubeflow_controllers_webhooks_answer_as_a_users_install_does(kube, 
 # -- S3 and Prometheus ---------------------------------------------------------------
 
 
+def test_the_clusters_pod_runner_runs_pods_unless_their_namespace_asks_for_a_runner_of_its_own(cluster, kube, namespace):
+    """`cluster up` starts a pod runner (Node gradatim-local): a pod in a plain namespace runs there. One in a namespace
+    annotated with a node selector of its own (PodNodeSelector, as the tests' namespaces are) waits for that node."""
+    core = client.CoreV1Api(kube)
+    plain = f"plain-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": plain}})
+    pod = {"metadata": {"name": "hello"}, "spec": {"restartPolicy": "Never", "containers": [
+        {"name": "c", "image": "python:3.11", "command": ["python", "-c", "print('hello from the pod runner')"]}]}}
+    try:
+        eventually(lambda: core.create_namespaced_pod(plain, pod), timeout=30)  # once the namespace's ServiceAccount exists
+        eventually(lambda: core.create_namespaced_pod(namespace, pod), timeout=30)
+        ran = eventually(lambda: (p := core.read_namespaced_pod("hello", plain)).status.phase == "Succeeded" and p, timeout=60)
+        assert ran.spec.node_name == NODE_NAME
+        assert (cluster.state_dir / "pods" / plain / "hello" / "c.log").read_text().strip() == "hello from the pod runner"
+        waiting = core.read_namespaced_pod("hello", namespace)
+        assert waiting.spec.node_selector == {"kubernetes.io/hostname": node_for(namespace)} and not waiting.spec.node_name
+        assert waiting.status.phase == "Pending"
+    finally:
+        core.delete_namespace(plain)
+
+
 def test_s3_put_and_get(cluster: ClusterInfo):
     s3 = cluster.s3_client()
     key = f"tests/{time.time_ns()}.txt"
@@ -309,7 +333,7 @@ def test_down_leaves_no_process_running(tmp_path: Path):
         assert cluster_cli("status", "--state-dir", str(state_dir)).returncode == 0
         processes = ClusterState.load(StateLayout(state_dir)).processes
         assert set(processes) == {"etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager",
-                                  "training-operator", "jobset-controller", "trainer-controller-manager"}
+                                  "training-operator", "jobset-controller", "trainer-controller-manager", "pod-runner"}
         pids = [record.pid for record in processes.values()]
     except BaseException:
         cluster_cli("down", "--state-dir", str(state_dir))  # a failed check must not leave a control plane running

@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import subprocess
-import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -20,7 +19,7 @@ from gradatim.api.common import Resources
 from gradatim.api.hyperparams import SFTParams
 from gradatim.api.runfiles import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT, TrainerError
 from gradatim.api.stage import TrainingStage
-from gradatim.cluster.processes import Replica, pod_status
+from gradatim.local.jobs import LocalJobs
 from gradatim.planner.stage import plan_stage
 from gradatim.trainer.artifacts import ArtifactMissing
 from gradatim.trainer.errors import classify, write_termination_message
@@ -237,28 +236,47 @@ def test_the_trainer_container_keeps_its_termination_message():
     assert container["terminationMessagePath"] == "/dev/termination-log" and container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
-# -- `gradatim run`'s pod status, as the kubelet writes it -------------------------------------------------
+# -- `gradatim run`'s jobs: pods run by the kubelet code, their status as a kubelet writes it -------------
+
+def run_local_job(tmp_path, name: str, code: str) -> tuple[dict, dict]:
+    """A one-replica PyTorchJob running `python -c code` under `gradatim run`'s LocalJobs, until it finishes."""
+    jobs = LocalJobs(tmp_path / "jobs", {})
+    container = {"name": "pytorch", "image": "trainer", "command": ["python", "-c", code], "terminationMessagePolicy": "FallbackToLogsOnError"}
+    job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name, "namespace": "ns"},
+           "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "Never", "template": {"spec": {"containers": [container]}}}}}}
+    assert jobs.create(job, {"metadata": {"name": f"{name}-spec"}, "data": {}}, NOW)
+    deadline = time.monotonic() + 60
+    while not any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in jobs.get(name)["status"]["conditions"]):
+        assert time.monotonic() < deadline, jobs.get(name)["status"]
+        jobs.sync(NOW)
+        time.sleep(0.05)
+    jobs.stop_all()
+    return jobs.get(name), jobs.pods(name)[0]
+
 
 def test_a_replica_killed_by_sigkill_exits_137_and_one_that_wrote_a_message_keeps_it(tmp_path):
-    spec = {"containers": [{"name": "pytorch", "image": "i", "terminationMessagePolicy": "FallbackToLogsOnError"}]}
-    killed = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
-    killed.wait()
-    (tmp_path / "a").mkdir()
-    status = pod_status({"metadata": {"name": "p"}, "spec": spec}, Replica("Master", 0, killed, tmp_path / "a" / "container.log"))["status"]
-    assert status["phase"] == "Failed" and status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137 == 128 + signal.SIGKILL
-    (tmp_path / "b").mkdir()
+    job, pod = run_local_job(tmp_path, "killed", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert pod["status"]["phase"] == "Failed" and terminated["exitCode"] == 137 == 128 + signal.SIGKILL
+    assert job["status"]["conditions"][-1]["message"] == "PyTorchJob killed is failed because 1 Master replica(s) failed."
+
     record = TrainerError(message="inputs.model: x", kind="InvalidInput", attempt=1).termination_message()
-    wrote = subprocess.Popen([sys.executable, "-c", f"open({str(tmp_path / 'b' / 'termination-log')!r}, 'w').write({record!r}); raise SystemExit(1)"])
-    wrote.wait()
-    term = pod_status({"metadata": {"name": "p"}, "spec": spec}, Replica("Master", 0, wrote, tmp_path / "b" / "container.log"))["status"]
-    term = term["containerStatuses"][0]["state"]["terminated"]
-    assert term == {"exitCode": 1, "reason": "Error", "message": record}
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "container.log").write_text("line 1\nTraceback...\nValueError: last\n")
-    silent = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-    silent.wait()
-    term = pod_status({"metadata": {"name": "p"}, "spec": spec}, Replica("Master", 0, silent, tmp_path / "c" / "container.log"))["status"]
-    assert term["containerStatuses"][0]["state"]["terminated"]["message"].endswith("ValueError: last"), "FallbackToLogsOnError: the log's tail"
+    _, pod = run_local_job(tmp_path, "wrote", f"import os; open(os.environ[{TERMINATION_LOG_ENV!r}], 'w').write({record!r}); raise SystemExit(1)")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (1, "Error", record)
+
+    _, pod = run_local_job(tmp_path, "silent", "print('line 1'); print('Traceback...'); print('ValueError: last', flush=True); raise SystemExit(3)")
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"].rstrip().endswith("ValueError: last"), \
+        "FallbackToLogsOnError: the log's tail"
+
+
+def test_a_local_jobs_pods_get_what_the_training_operator_injects(tmp_path):
+    code = "import os, json; print(json.dumps({k: os.environ[k] for k in ('MASTER_ADDR', 'MASTER_PORT', 'WORLD_SIZE', 'RANK', 'PET_NNODES')}))"
+    job, pod = run_local_job(tmp_path, "env", code)
+    assert pod["status"]["phase"] == "Succeeded" and job["status"]["conditions"][-1]["type"] == "Succeeded"
+    env = json.loads((tmp_path / "jobs" / "ns" / "env-master-0" / "pytorch.log").read_text().strip().splitlines()[-1])
+    assert env["MASTER_ADDR"] == "127.0.0.1", "the Master pod's name, on this machine"
+    assert env["MASTER_PORT"] != "23456" and (env["WORLD_SIZE"], env["RANK"], env["PET_NNODES"]) == ("1", "0", "1")
 
 
 # -- resource quantities ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from gradatim.storage import s3
 from gradatim.storage.runfiles import read_run_files
 from gradatim.api.common import Endpoint
 from gradatim.api.hyperparams import Sampling
-from gradatim.cluster.processes import free_port
+from gradatim.cluster.kubelet import free_port
 from gradatim.trainer import tiny
 from gradatim.trainer.artifacts import download_dir
 from gradatim.trainer.generation import EndpointEngine, HFEngine, messages, pick_engine, token_batches

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.conftest import running
+from tests.conftest import node_for, running
 from gradatim.cluster.podrunner import PodRunner
 from gradatim.planner.render import TRAINING_RUNTIME
 
@@ -24,7 +24,7 @@ COMMAND = ["torchrun", "-m", "gradatim.trainer", "--spec", "/etc/gradatim/stage.
 @pytest.fixture
 def runner(kube, namespace, tmp_path):
     r = PodRunner(kube, tmp_path / "pods", namespace, {PROBE_IMAGE: "tests.stand_in_ddp_probe"},
-                  extra_env={"PYTHONPATH": str(REPO)}, poll_seconds=0.2, node_name=f"node-{namespace}", cpus=64)
+                  extra_env={"PYTHONPATH": str(REPO)}, poll_seconds=0.2, node_name=node_for(namespace), cpus=64)
     with running(r):
         yield r
 

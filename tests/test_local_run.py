@@ -84,7 +84,7 @@ def phases(state: Path) -> dict[str, str]:
 
 
 def explain(done: subprocess.CompletedProcess, state: Path) -> str:
-    logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(state.glob("jobs/*/*/*/container.log")))
+    logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(state.glob("jobs/*/*/pytorch.log")))
     run_log = (state / "run.log").read_text() if (state / "run.log").exists() else ""
     return f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}\nrun.log:\n{run_log}\n{logs}"
 
@@ -101,7 +101,7 @@ def test_a_small_pipeline_runs_to_succeeded_and_a_rerun_is_all_cached(cluster, t
     assert phases(state) == {n: "Succeeded" for n in names}, explain(first, state)
     for name in names:  # the live view, a line per change without a terminal
         assert re.search(rf"^\[\d+:\d\d\] {name}\s+\w+\s+Succeeded", first.stdout, re.M), first.stdout
-        assert (state / "jobs" / ns / f"{name}-a1" / f"{name}-a1-master-0" / "container.log").is_file()
+        assert (state / "jobs" / ns / f"{name}-a1-master-0" / "pytorch.log").is_file()
 
     # The operator's S3 layout: each stage's outputs under output_uri with the planner's cache key, the report beside them.
     namespace, pipe, stages = read_status(state)
@@ -128,7 +128,7 @@ def test_a_small_pipeline_runs_to_succeeded_and_a_rerun_is_all_cached(cluster, t
     second, second_seconds = gradatim_run(recipe, env, "--state-dir", str(state))
     assert second.returncode == 0, explain(second, state)
     assert phases(state) == {n: "Cached" for n in names}
-    assert not (state / "jobs").exists() or not list((state / "jobs").rglob("container.log")), "a cached stage started a job"
+    assert not (state / "jobs").exists() or not list((state / "jobs").rglob("pytorch.log")), "a cached stage started a job"
     assert second_seconds < 60 and second_seconds < first_seconds / 2, (first_seconds, second_seconds)
     # The same report: the same results, so the same page, but for the phase column saying how they were got.
     assert page.read_text() == first_page.replace("<td>Succeeded</td>", "<td>Cached</td>")

@@ -17,7 +17,7 @@ from kubernetes import client
 
 from gradatim.planner.jobs import KINDS, job_suspend_flag, suspend_patch
 from gradatim.storage import s3
-from gradatim.cluster.podrunner import free_port
+from gradatim.cluster.kubelet import free_port
 from gradatim.cluster.layout import StateLayout
 from gradatim.cluster.state import ClusterState
 from tests.operator_harness import STORAGE_PATIENCE_SECONDS, running_harness

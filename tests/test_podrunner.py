@@ -12,8 +12,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.conftest import running
-from gradatim.cluster.podrunner import LOST_MESSAGE, Container, PodRunner, admission_error, expand, pod_cpu, quantity
+from tests.conftest import node_for, running
+from gradatim.cluster.kubelet import LOST_MESSAGE, Container, PodProcesses, admission_error, expand, pod_cpu, quantity
+from gradatim.cluster.podrunner import PodRunner
 
 REPO = str(Path(__file__).resolve().parents[1])
 JOB_LABEL = "training.kubeflow.org/job-name"
@@ -22,7 +23,7 @@ JOB_LABEL = "training.kubeflow.org/job-name"
 @pytest.fixture
 def runner(kube, namespace, tmp_path):
     r = PodRunner(kube, tmp_path / "pods", namespace, extra_env={"PYTHONPATH": REPO}, prometheus_sd_dir=tmp_path / "sd",
-                  poll_seconds=0.2, cpus=2)
+                  poll_seconds=0.2, cpus=2, node_name=node_for(namespace))
     (tmp_path / "sd").mkdir()
     with running(r):
         yield r
@@ -293,7 +294,7 @@ time.sleep(600)
 
 
 def test_a_running_pod_the_runner_does_not_know_is_failed(kube, namespace, tmp_path):
-    r = PodRunner(kube, tmp_path / "pods", namespace, cpus=2)  # not started: one step at a time
+    r = PodRunner(kube, tmp_path / "pods", namespace, cpus=2, node_name=node_for(namespace))  # not started: one step at a time
     create(kube, namespace, pod("orphan", container("import time; time.sleep(600)"), nodeName=r.node_name))
     client.CoreV1Api(kube).patch_namespaced_pod_status("orphan", namespace, {"status": {"phase": "Running"}})
     r.step()  # as a runner that restarted finds the pods the last one ran
@@ -303,14 +304,28 @@ def test_a_running_pod_the_runner_does_not_know_is_failed(kube, namespace, tmp_p
     assert not r.pods and not (tmp_path / "pods" / namespace / "orphan").exists(), "nothing was started"
 
 
+def test_a_pod_whose_node_selector_this_node_lacks_is_left_for_another(kube, namespace, tmp_path):
+    """The namespace's selector (PodNodeSelector) names this runner's node; `disktype: ssd` is one it lacks."""
+    r = PodRunner(kube, tmp_path / "pods", namespace, cpus=2, node_name=node_for(namespace))  # not started: one step
+    create(kube, namespace, pod("ssd", container("pass"), nodeSelector={"disktype": "ssd"}))
+    create(kube, namespace, pod("any", container("pass")))
+    try:
+        r.step()
+        assert read(kube, namespace, "any")["spec"]["nodeName"] == r.node_name
+        ssd = read(kube, namespace, "ssd")
+        assert ssd["spec"]["nodeSelector"] == {"disktype": "ssd", "kubernetes.io/hostname": r.node_name} and not ssd["spec"].get("nodeName")
+    finally:
+        r.stop_all()
+
+
 def test_argv_as_this_machine_runs_it(tmp_path):
-    r = PodRunner(client.ApiClient(), tmp_path, image_modules={"trainer:1": "tests.stand_in_ddp_probe"})
+    r = PodProcesses(tmp_path, sources=None, image_modules={"trainer:1": "tests.stand_in_ddp_probe"})
     torchrun = Container({"name": "c", "image": "trainer:1", "command": ["torchrun", "--nproc-per-node=$(N)", "-m", "gradatim.trainer"],
                           "args": ["--spec", "/etc/spec/stage.json"]}, {})
-    assert r._argv(torchrun, {"N": "2"}, {"/etc/spec": tmp_path / "spec"}) == [
+    assert r.argv(torchrun, {"N": "2"}, {"/etc/spec": tmp_path / "spec"}) == [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "-m", "tests.stand_in_ddp_probe", "--spec", str(tmp_path / "spec" / "stage.json")]
     python = Container({"name": "c", "image": "other", "command": ["python3", "-m", "gradatim.trainer", "/etc/spectre"]}, {})
-    assert r._argv(python, {}, {"/etc/spec": tmp_path / "spec"}) == [sys.executable, "-m", "gradatim.trainer", "/etc/spectre"]
+    assert r.argv(python, {}, {"/etc/spec": tmp_path / "spec"}) == [sys.executable, "-m", "gradatim.trainer", "/etc/spectre"]
 
 
 def test_what_a_kubelet_refuses_and_how_it_reads_specs():

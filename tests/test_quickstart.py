@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +107,36 @@ def test_the_same_recipe_runs_as_trainjobs_with_one_switch(cluster, kube, tmp_pa
     assert sorted(j["metadata"]["name"] for j in jobs) == ["decontaminate-a1", "eval-midtrain-a1", "midtrain-a1"]
     assert all(any(c["type"] == "Complete" and c["status"] == "True" for c in j["status"]["conditions"]) for j in jobs)
     assert api.list_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs")["items"] == []
+
+
+def test_an_interrupted_quickstart_leaves_no_trainer_running_and_the_next_one_resumes(cluster, kube, tmp_path):
+    """SIGTERM (as Ctrl-C) while a trainer runs: the quickstart suspends the pipeline, and the cluster's pod runner
+    stops the trainer (the pod is only removed once its processes are gone); the next quickstart resumes it."""
+    from kubernetes import client
+
+    example = small_recipe(tmp_path / "recipe", f"qsi-{time.monotonic_ns() % 100000}")
+    ns, name = example_pipeline(example)
+    argv = [sys.executable, "-m", "gradatim", "quickstart", "--state-dir", str(cluster.state_dir), "--example", str(example)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    core = client.CoreV1Api(kube)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(p.status.phase == "Running" for p in core.list_namespaced_pod(ns).items):
+            assert proc.poll() is None and time.monotonic() < deadline, "no trainer pod ever ran"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and f"Suspended TrainingPipeline {ns}/{name}" in out, out[-3000:]
+    pipeline = client.CustomObjectsApi(kube).get_namespaced_custom_object("gradatim.io", "v1alpha1", ns, "trainingpipelines", name)
+    assert pipeline["spec"]["suspend"] is True
+    assert core.list_namespaced_pod(ns).items == [], "a trainer pod outlived the quickstart"
+
+    again = quickstart(cluster, example)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    pipeline = client.CustomObjectsApi(kube).get_namespaced_custom_object("gradatim.io", "v1alpha1", ns, "trainingpipelines", name)
+    assert pipeline["spec"]["suspend"] is False and pipeline["status"]["phase"] == "Succeeded"
 
 
 def test_quickstart_names_the_field_of_a_bad_recipe(cluster, tmp_path):

@@ -17,7 +17,7 @@ import torch
 
 from gradatim.storage import s3
 from gradatim.api.resolved import ResolvedSource
-from gradatim.cluster.podrunner import free_port
+from gradatim.cluster.kubelet import free_port
 from gradatim.storage.s3 import S3Location
 from gradatim.trainer.artifacts import MANIFEST, read_manifest
 from gradatim.trainer.checkpoints import checkpoints_in

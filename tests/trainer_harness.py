@@ -32,7 +32,7 @@ def trainer_command(cluster, spec: ResolvedStageSpec, workdir: Path, nproc: int 
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"stage-{spec.attempt}.json"
     path.write_text(json.dumps(spec.to_wire()))
-    from gradatim.cluster.podrunner import free_port
+    from gradatim.cluster.kubelet import free_port
 
     full_env = {**os.environ, **cluster.env, "PYTHONPATH": str(REPO), "GRADATIM_METRICS_PORT": str(free_port()),
                 "GRADATIM_WORKDIR": str(workdir / f"work-{spec.attempt}"), **(env or {})}

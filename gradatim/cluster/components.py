@@ -48,10 +48,14 @@ PORT_NAMES = (
     "trainer_webhook",
     "trainer_health",
     "trainer_status",
+    "pod_runner_health",
 )
 KUBEFLOW_CONTROLLERS = ("training-operator", "jobset-controller", "trainer-controller-manager")
 # Start order; `down` stops them in reverse.
-COMPONENTS = ("etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager", *KUBEFLOW_CONTROLLERS)
+COMPONENTS = ("etcd", "seaweedfs", "prometheus", "kube-apiserver", "kube-controller-manager", *KUBEFLOW_CONTROLLERS, "pod-runner")
+NODE_NAME = "gradatim-local"  # the pod runner's Node
+# A namespace annotated so keeps its pods off the pod runner's node (PodNodeSelector), for a runner of its own.
+NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
 
 
 def etcd_command(binaries: Binaries, layout: StateLayout, ports: dict[str, int]) -> list[str]:
@@ -88,6 +92,8 @@ def api_server_command(binaries: Binaries, layout: StateLayout, pki: Pki, ports:
         f"--service-account-signing-key-file={pki.service_account_key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
+        # The default plugins, and a namespace's node selector (NODE_SELECTOR_ANNOTATION) on each of its pods.
+        "--enable-admission-plugins=PodNodeSelector",
         # The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
         # endpoint, which validation rejects (loopback) every 10 s; nothing here needs it.
         "--endpoint-reconciler-type=none",
@@ -147,6 +153,11 @@ def jobset_command(binaries: Binaries, layout: StateLayout) -> list[str]:
 
 def trainer_command(binaries: Binaries, layout: StateLayout) -> list[str]:
     return [str(binaries.trainer_controller_manager), f"--config={layout.trainer_config}"]
+
+
+def pod_runner_command(layout: StateLayout, ports: dict[str, int]) -> list[str]:
+    return [sys.executable, "-m", "gradatim", "podrunner", f"--node-name={NODE_NAME}", f"--workdir={layout.pods_dir}",
+            f"--prometheus-sd-dir={layout.prometheus_sd_dir}", f"--health-port={ports['pod_runner_health']}"]
 
 
 def seaweedfs_command(weed: Path, layout: StateLayout, ports: dict[str, int]) -> list[str]:

@@ -51,9 +51,10 @@ COMPONENT_PORTS = {
     "training-operator": ("training_operator_webhook", "training_operator_health"),
     "jobset-controller": ("jobset_webhook", "jobset_health"),
     "trainer-controller-manager": ("trainer_webhook", "trainer_health"),
+    "pod-runner": ("pod_runner_health",),
 }
 # Stopped in this order: the controllers, then the API server, storage last.
-STOP_STAGES = (components.KUBEFLOW_CONTROLLERS, ("kube-controller-manager", "kube-apiserver"), ("etcd", "seaweedfs", "prometheus"))
+STOP_STAGES = (("pod-runner",), components.KUBEFLOW_CONTROLLERS, ("kube-controller-manager", "kube-apiserver"), ("etcd", "seaweedfs", "prometheus"))
 # SeaweedFS's filer waits 15 s for its S3 subscription to end on SIGTERM; let it finish.
 STOP_GRACE_SECONDS = 30
 
@@ -176,6 +177,8 @@ class ControlPlane:
         kcm = "kube-controller-manager"
         self._wait(state, kcm, probes[kcm], progress, f"{kcm} healthy")
         self._start_kubeflow(state, binaries, progress, probes)
+        self._start(state, "pod-runner", components.pod_runner_command(layout, ports), {**os.environ, "KUBECONFIG": str(layout.kubeconfig)})
+        self._wait(state, "pod-runner", probes["pod-runner"], progress, f"Pod runner ready (Node {components.NODE_NAME}, pods under {layout.pods_dir})")
         self._wait(state, "seaweedfs", probes["seaweedfs"], progress, f"SeaweedFS S3 answering at {info.s3_endpoint}")
         with progress.step(f"S3 bucket '{info.s3_bucket}' exists"):
             ensure_bucket(info)
@@ -260,6 +263,7 @@ class ControlPlane:
             "training-operator": lambda: health.controller_ready(state.ports["training_operator_health"]),
             "jobset-controller": lambda: health.controller_ready(state.ports["jobset_health"]),
             "trainer-controller-manager": lambda: health.controller_ready(state.ports["trainer_health"]),
+            "pod-runner": lambda: health.controller_ready(state.ports["pod_runner_health"]),
         }
 
     # -- down ----------------------------------------------------------------

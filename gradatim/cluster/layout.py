@@ -72,6 +72,11 @@ class StateLayout:
         return self.root / "prometheus-sd"
 
     @property
+    def pods_dir(self) -> Path:
+        """The pod runner's: a directory per pod with its volumes and its containers' logs."""
+        return self.root / "pods"
+
+    @property
     def controllers_tmp_dir(self) -> Path:
         """$TMPDIR of the Kubeflow controllers: their webhook servers read certificates below it."""
         return self.root / "controllers-tmp"

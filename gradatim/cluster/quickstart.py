@@ -1,9 +1,11 @@
 """`gradatim quickstart` (`make quickstart`): the README's main command.
 
-Brings up the embedded control plane, starts the operator and the pod runner (the kubelet's stand-in) next to it, gives the
-pipeline its S3 credentials as a Secret, applies `examples/quickstart/` with `kubectl apply -k`, follows the
-pipeline stage by stage in a live view, and ends with its report (HTML and plots, also published to S3).
-The control plane stays up afterwards, for kubectl and Prometheus; `gradatim cluster down` stops it.
+Brings up the embedded control plane (its pod runner, the kubelet's stand-in, runs the pods), starts the operator next
+to it, gives the pipeline its S3 credentials as a Secret, applies `examples/quickstart/` (`kubectl kustomize | kubectl
+apply`), follows the pipeline stage by stage in a live view, and ends with its report (HTML and plots, also published
+to S3). Interrupted (Ctrl-C, or its timeout), it suspends the pipeline before it stops the operator, so no trainer
+keeps running; the next quickstart resumes it. The control plane stays up afterwards, for kubectl and Prometheus;
+`gradatim cluster down` stops it.
 """
 
 from __future__ import annotations
@@ -12,22 +14,25 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from kubernetes import config
+from kubernetes import client, config
 
 from gradatim.api import TrainingStage
+from gradatim.api.base import GROUP, VERSION
 from gradatim.cluster.controlplane import ControlPlane
 from gradatim.cluster.process import spawn, stop_groups
 from gradatim.cluster.progress import ConsoleProgress
 from gradatim.cluster.state import ClusterInfo
 from gradatim.cluster.targets import operator_targets
-from gradatim.cluster.podrunner import free_port
+from gradatim.cluster.kubelet import free_port
 from gradatim.operator import kube
 from gradatim.local.view import FINISHED, follow, stage_views
+from gradatim.planner.render import PIPELINE_LABEL
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 S3_SECRET = "gradatim-s3"
@@ -69,13 +74,34 @@ def background(processes: dict[str, list[str]], env: dict[str, str], logs: Path)
         stop_groups(groups, grace_seconds=20)
 
 
-def with_backend(rendered: str, backend: str) -> str:
-    """The recipe's YAML with its TrainingPipeline's `spec.backend` set (`kubectl kustomize` output in, YAML out)."""
+def as_applied(rendered: str, backend: str | None = None) -> str:
+    """The recipe's YAML (`kubectl kustomize` output) as the quickstart applies it: its TrainingPipeline's
+    `spec.suspend` said outright (false unless the recipe says otherwise), so that applying it resumes a pipeline
+    an interrupted quickstart suspended, and `spec.backend` set when one is asked for."""
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     for doc in docs:
         if doc.get("kind") == "TrainingPipeline":
-            doc["spec"]["backend"] = backend
+            doc["spec"].setdefault("suspend", False)
+            if backend:
+                doc["spec"]["backend"] = backend
     return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def suspend_pipeline(api, namespace: str, pipeline: str, progress: ConsoleProgress, wait_seconds: float = 30) -> None:
+    """Suspends the pipeline before the operator stops, and waits until no stage runs: its running job is suspended
+    and the pod runner stops its trainers. The next quickstart resumes it (from the stage's checkpoint)."""
+    custom = client.CustomObjectsApi(api)
+    with progress.step(f"Suspended TrainingPipeline {namespace}/{pipeline}: no trainer left running (the next quickstart resumes it)"):
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingpipelines", pipeline, {"spec": {"suspend": True}})
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            stages = [kube.parse_stage(b) for b in kube.list_stages(api, namespace) if b.get("spec", {}).get("pipeline") == pipeline]
+            pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"{PIPELINE_LABEL}={pipeline}").items
+            if not pods and not any(s.status and s.status.phase in ("Running", "Retrying") for s in stages):
+                return
+            time.sleep(0.5)
+        raise QuickstartError(f"TrainingPipeline {namespace}/{pipeline} still ran {wait_seconds:g}s after it was suspended; "
+                              f"see {namespace}'s stages with kubectl, or stop everything with `gradatim cluster down`")
 
 
 def run_quickstart(state_dir: str | None = None, example: Path | None = None, timeout: float | None = None,
@@ -94,34 +120,33 @@ def run_quickstart(state_dir: str | None = None, example: Path | None = None, ti
             raise QuickstartError(f"kubectl {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done.stdout
 
-    # SIGTERM as Ctrl-C: unwind, so the operator and the pod runner (which stops its trainers) are stopped too.
+    # SIGTERM as Ctrl-C: unwind, so the pipeline is suspended and the operator stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     metrics_port = free_port()
     env = {**os.environ, "KUBECONFIG": str(info.kubeconfig), "GRADATIM_OPERATOR_METRICS_PORT": str(metrics_port)}
     python = [sys.executable, "-m", "gradatim"]
     logs = info.state_dir / "logs"
-    processes = {
-        "operator": [*python, "operator", "-n", namespace, "--liveness", ""],
-        "podrunner": [*python, "podrunner", "-n", namespace, "--workdir", str(info.state_dir / "pods"),
-                      "--prometheus-sd-dir", str(info.prometheus_sd_dir)],
-    }
+    processes = {"operator": [*python, "operator", "-n", namespace, "--liveness", ""]}
     with background(processes, env, logs):
         operator_targets(info.prometheus_sd_dir, "quickstart", metrics_port)
-        progress.info(f"Operator and pod runner started (logs: {logs}/operator.log, podrunner.log; trainer logs under {info.state_dir / 'pods'})")
+        progress.info(f"Operator started (log: {logs}/operator.log); the cluster's pod runner runs the pods "
+                      f"(trainer logs under {info.state_dir / 'pods'})")
         with progress.step(f"Created Secret {S3_SECRET} with the embedded S3 credentials"):
             namespace_yaml = f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n---\n"
             kubectl("apply", "-f", "-", stdin=namespace_yaml + render_s3_secret(info, namespace))
-        if backend is None:
-            with progress.step(f"Applied {example} with kubectl apply -k"):
-                kubectl("apply", "-k", str(example), "--dry-run=server")  # all or nothing: no half-applied recipe
-                print(kubectl("apply", "-k", str(example)), end="")
-        else:
-            with progress.step(f"Applied {example} with kubectl apply -k, the pipeline's spec.backend set to {backend}"):
-                rendered = with_backend(kubectl("kustomize", str(example)), backend)
-                kubectl("apply", "-f", "-", "--dry-run=server", stdin=rendered)
-                print(kubectl("apply", "-f", "-", stdin=rendered), end="")
+        title = f"Applied {example} (kubectl kustomize | kubectl apply -f -)" + (f", the pipeline's spec.backend set to {backend}" if backend else "")
+        with progress.step(title):
+            rendered = as_applied(kubectl("kustomize", str(example)), backend)
+            kubectl("apply", "-f", "-", "--dry-run=server", stdin=rendered)  # all or nothing: no half-applied recipe
+            print(kubectl("apply", "-f", "-", stdin=rendered), end="")
         api = config.new_client_from_config(config_file=str(info.kubeconfig))
-        phase = follow(f"TrainingPipeline {namespace}/{pipeline}", lambda: poll(api, namespace, pipeline), timeout=timeout)
+        try:
+            phase = follow(f"TrainingPipeline {namespace}/{pipeline}", lambda: poll(api, namespace, pipeline), timeout=timeout)
+        except BaseException:  # Ctrl-C or SIGTERM
+            suspend_pipeline(api, namespace, pipeline, progress)
+            raise
+        if phase not in FINISHED:  # the timeout
+            suspend_pipeline(api, namespace, pipeline, progress)
     report = write_report(api, namespace, pipeline, info.state_dir / "reports" / pipeline)
     api.close()
     print(f"\nPipeline {namespace}/{pipeline}: {phase}")

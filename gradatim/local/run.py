@@ -1,12 +1,12 @@
 """`gradatim run DIR`: a recipe's TrainingPipeline and TrainingStages run on this machine, without Kubernetes.
 
 The same YAML (`load_recipe`), the same shell and planner (`LocalRun`: gradatim/reconcile/shell.py over memory), each attempt the same
-rendered PyTorchJob run as local `torchrun` processes (the job runner's `JobProcesses`), the same cache keys
+rendered PyTorchJob run as local `torchrun` processes (its pods run by the pod runner's kubelet code), the same cache keys
 and S3 layout (`AWS_*` from the environment, or a SeaweedFS of its own), the same live view and the same report.
 
 Everything a run keeps lies in its state dir, `${GRADATIM_HOME:-~/.gradatim}/runs/<namespace>/<pipeline>/`:
-`status.json` (the objects with their status), `run.log` (what the runner did), `jobs/` (each replica's
-`container.log`, this run's only), `report/` (index.html and plots) and `s3/` (SeaweedFS, when it started one).
+`status.json` (the objects with their status), `run.log` (what the runner did), `jobs/` (each pod's
+`pytorch.log`, this run's only), `report/` (index.html and plots) and `s3/` (SeaweedFS, when it started one).
 Exit status: 0 when the pipeline succeeded, 1 when it did not, 2 when nothing ran (bad recipe, unusable S3).
 """
 
@@ -107,7 +107,7 @@ def run_pipeline(recipe: Recipe, storage: Storage, state: Path, parallel: int) -
     _print_summary(pipeline_run, jobs, time.monotonic() - started)
     print(f"Report:       {write_report(pipeline_run, storage, state / 'report')}")
     print(f"Status:       {state / STATUS_FILE}")
-    print(f"Trainer logs: {jobs.processes.workdir / recipe.namespace}")
+    print(f"Trainer logs: {jobs.kubelet.workdir / recipe.namespace}")
     return 0 if pipeline_run.phase == "Succeeded" else 1
 
 
@@ -117,7 +117,7 @@ def _print_header(recipe: Recipe, storage: Storage, state: Path, jobs: LocalJobs
     print(f"Running TrainingPipeline {ns}/{recipe.name} from {recipe.directory}: {len(recipe.stages)} stage(s), {jobs.parallel} job(s) at a time\n"
           f"  S3:           {storage.endpoint} ({storage.origin}); outputs under s3://{spec.bucket}/{spec.prefix}{ns}/{recipe.name}/\n"
           f"  state:        {state} ({STATUS_FILE}, run.log)\n"
-          f"  trainer logs: {jobs.processes.workdir}/{ns}/<job>/<replica>/container.log", flush=True)
+          f"  trainer logs: {jobs.kubelet.workdir}/{ns}/<job>-master-0/pytorch.log (and -worker-N)", flush=True)
 
 
 def _print_summary(pipeline_run: LocalRun, jobs: LocalJobs, seconds: float) -> None:
@@ -129,7 +129,7 @@ def _print_summary(pipeline_run: LocalRun, jobs: LocalJobs, seconds: float) -> N
         if st and st.phase in ("Failed", "Invalid", "Blocked", "Suspended"):
             why = next((c.message for c in st.conditions if c.type == "Ready"), "")  # Ready carries the message in every phase
             logs = jobs.logs(st.job_name) if st.job_name else None
-            print(f"  {name}: {st.phase}: {why}" + (f" (logs: {logs})" if logs else ""))
+            print(f"  {name}: {st.phase}: {why}" + (f" (logs: {logs / 'pytorch.log'})" if logs else ""))
 
 
 def write_report(pipeline_run: LocalRun, storage: Storage, out: Path) -> str:

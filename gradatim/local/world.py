@@ -2,8 +2,8 @@
 cache are to the operator, memory is to one machine. The same shell (gradatim/reconcile/shell.py) plans and acts.
 
 The objects live in memory: the stages and pipeline parsed from the recipe, with the status the shell writes on
-them, and the PyTorchJobs it creates (`LocalJobs`, which runs them with `JobProcesses`, the job runner's code, and
-writes Kubeflow's conditions on them). Each `LocalRun.step` advances the jobs and reconciles every stage in
+them, and the PyTorchJobs it creates (`LocalJobs`, which runs their pods with the pod runner's kubelet code and
+writes the job conditions a stage reads on them). Each `LocalRun.step` advances the jobs and reconciles every stage in
 dependency order, then the pipeline; the status is also written to `status.json` in the state dir after every
 change, for readers after the run.
 """
@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from gradatim.api import TrainingPipeline, TrainingPipelineStatus, TrainingStage, TrainingStageStatus
-from gradatim.cluster import kubeflow as kf
-from gradatim.cluster.processes import JobProcesses, Resolvers
+from gradatim.local.jobs import LocalJobs
 from gradatim.local.recipe import Recipe
 from gradatim.planner.graph import topological_order
 from gradatim.planner.stage import STORAGE_CONDITION, STORAGE_PATIENCE_SECONDS
@@ -32,64 +29,6 @@ log = logging.getLogger("gradatim.local")
 STATUS_FILE = "status.json"
 FINISHED = ("Succeeded", "Failed")
 ACTIVE = ("Running", "Retrying")  # stage phases after which something may still change without the user
-
-
-class LocalJobs:
-    """PyTorchJobs and their ConfigMaps held in memory, and run by `JobProcesses`: the API server's job objects
-    and the Kubeflow operator acting on them. At most `parallel` jobs run at once; the others wait `Created`, as
-    pods wait for a node."""
-
-    def __init__(self, workdir: Path, secrets: Mapping[str, Mapping[str, bytes]], parallel: int = 1) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}  # name → PyTorchJob, in creation order
-        self.configmaps: dict[str, dict[str, Any]] = {}
-        self.parallel = parallel
-        resolvers = Resolvers(config_map=lambda ns, name: (self.configmaps.get(name) or {}).get("data"),
-                              secret=lambda ns, name: secrets.get(name))
-        self.processes = JobProcesses(workdir, resolvers)
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        return self.objects.get(name)
-
-    def create(self, job: dict[str, Any], configmap: dict[str, Any], now: datetime) -> bool:
-        """Creates the job; False when one of that name exists (adopted, as the operator adopts on AlreadyExists)."""
-        name = job["metadata"]["name"]
-        if name in self.objects:
-            return False
-        job = json.loads(json.dumps(job))
-        job["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=kf._ts(now))
-        self.configmaps[configmap["metadata"]["name"]] = configmap
-        self.objects[name] = job
-        return True
-
-    def set_suspended(self, name: str, suspended: bool) -> None:
-        if name in self.objects:
-            self.objects[name]["spec"].setdefault("runPolicy", {})["suspend"] = suspended
-
-    def delete(self, name: str) -> None:
-        job = self.objects.pop(name, None)
-        if job is not None:
-            self.processes.forget(job["metadata"]["uid"])
-
-    def sync(self, now: datetime) -> None:
-        """Advances every job's processes and conditions; waiting jobs start, oldest first, as slots free up."""
-        for job in self.objects.values():
-            may_start = len(self.processes.jobs) < self.parallel
-            job["status"] = self.processes.sync(job, now, may_start)
-
-    def pods(self, name: str) -> tuple[dict[str, Any], ...]:
-        """The job's pods with the status the kubelet would write, its containers' exit codes included."""
-        job = self.objects.get(name)
-        return tuple(self.processes.pods.get(job["metadata"]["uid"], [])) if job else ()
-
-    def running(self) -> int:
-        return len(self.processes.jobs)
-
-    def logs(self, name: str) -> Path | None:
-        job = self.objects.get(name)
-        return self.processes.job_dir(job["metadata"]["namespace"], name) if job else None
-
-    def stop_all(self) -> None:
-        self.processes.stop_all()
 
 
 def _as_pytorchjob(obj):
