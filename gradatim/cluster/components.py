@@ -127,11 +127,10 @@ def controller_manager_command(
     ]
 
 
-def controller_env(layout: StateLayout) -> dict[str, str]:
-    """The Kubeflow controllers act with the admin kubeconfig (a cluster install gives each a ServiceAccount), and
-    read their webhook certificates under $TMPDIR, which is per control plane."""
-    return {**os.environ, "KUBECONFIG": str(layout.kubeconfig), "TMPDIR": str(layout.controllers_tmp_dir),
-            "MY_POD_NAMESPACE": "kubeflow"}
+def controller_env(layout: StateLayout, kubeconfig: Path) -> dict[str, str]:
+    """A Kubeflow controller acts as its own ServiceAccount (`kubeconfig`), with the upstream RBAC, and reads its
+    webhook certificates under $TMPDIR, which is per control plane."""
+    return {**os.environ, "KUBECONFIG": str(kubeconfig), "TMPDIR": str(layout.controllers_tmp_dir), "MY_POD_NAMESPACE": "kubeflow"}
 
 
 def training_operator_command(binaries: Binaries, layout: StateLayout, ports: dict[str, int]) -> list[str]:

@@ -4,8 +4,9 @@
 - Kubeflow Trainer v2 (`TrainJob`, `ClusterTrainingRuntime`) and the JobSet controller it runs nodes on, with their
   webhooks (JobSet's mutating one is required: without it the controller fails on a JobSet with no network set).
 
-CRDs and webhook registrations are read from the upstream manifests in the Go module cache (never copied into the
-repo) and their kustomize patches applied; each webhook's `clientConfig.service` becomes a loopback URL, served with
+CRDs, webhook registrations and each controller's ServiceAccount and cluster RBAC are read from the upstream
+manifests in the Go module cache (never copied into the repo) and their kustomize patches, namespaces and name
+prefixes applied; each controller acts as its ServiceAccount, by a long-lived token (`controller_kubeconfig`); each webhook's `clientConfig.service` becomes a loopback URL, served with
 a certificate from our webhook CA (`pki.ensure_webhook_pki`), since the API server cannot resolve Service names here.
 """
 
@@ -113,9 +114,49 @@ def webhook_configurations(ports: dict[str, int], pki: WebhookPki) -> list[dict[
     return out
 
 
+# Each controller's ServiceAccount, ClusterRole and binding: (module, version, directory, files, namespace, name prefix),
+# as the upstream kustomizations install them (training-operator: manifests/overlays/standalone; Trainer:
+# manifests/overlays/manager; JobSet: config/default). Leader election, cert rotation and metrics auth are off here,
+# so their Roles are left out.
+CONTROLLER_RBAC = {
+    "training-operator": (versions.TRAINING_OPERATOR_MODULE, versions.TRAINING_OPERATOR_VERSION, "manifests/base/rbac",
+                          ("service-account.yaml", "role.yaml", "cluster-role-binding.yaml"), KUBEFLOW_NAMESPACE, ""),
+    "trainer-controller-manager": (versions.TRAINER_MODULE, versions.TRAINER_VERSION, "manifests/base/rbac",
+                                   ("service_account.yaml", "role.yaml", "role_binding.yaml"), "kubeflow-system", ""),
+    "jobset-controller": (versions.JOBSET_MODULE, versions.JOBSET_VERSION, "config/components/rbac",
+                          ("service_account.yaml", "role.yaml", "role_binding.yaml"), "jobset-system", "jobset-"),
+}
+NAMESPACED = ("ServiceAccount", "Role", "RoleBinding", "Secret")
+
+
+def controller_rbac(controller: str) -> tuple[list[dict[str, Any]], str, str]:
+    """(objects, namespace, ServiceAccount name) of a controller: its upstream ServiceAccount, ClusterRole and
+    binding with kustomize's namespace and name prefix applied, and a Secret for its long-lived token (filled by the
+    controller manager's token controller)."""
+    module, version, directory, files, namespace, prefix = CONTROLLER_RBAC[controller]
+    root = module_dir(module, version) / directory
+    objects, account = [], ""
+    for document in (d for f in files for d in _load(root / f)):
+        document = copy.deepcopy(document)
+        document["metadata"]["name"] = prefix + document["metadata"]["name"]
+        if document["kind"] in NAMESPACED:
+            document["metadata"]["namespace"] = namespace
+        if document["kind"] == "ServiceAccount":
+            account = document["metadata"]["name"]
+        if "roleRef" in document:
+            document["roleRef"]["name"] = prefix + document["roleRef"]["name"]
+            document["subjects"] = [{**s, "name": prefix + s["name"], "namespace": namespace} for s in document["subjects"]]
+        objects.append(document)
+    token = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+             "metadata": {"name": f"{account}-token", "namespace": namespace, "annotations": {"kubernetes.io/service-account.name": account}}}
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}]
+    return [*namespaces, *objects, token], namespace, account
+
+
 def install_objects(ports: dict[str, int], pki: WebhookPki) -> list[dict[str, Any]]:
-    """Namespaces, training-operator's webhook Secret (pre-filled with our certificates, which its rotator accepts
-    as valid, so it injects our CA instead of making its own) and the webhook registrations."""
+    """Namespaces, each controller's ServiceAccount, RBAC and token Secret, training-operator's webhook Secret
+    (pre-filled with our certificates, which its rotator accepts as valid, so it injects our CA instead of making its
+    own) and the webhook registrations."""
     tls = {
         "ca.crt": pki.ca.cert.read_bytes(),
         "ca.key": pki.ca.key.read_bytes(),
@@ -129,7 +170,13 @@ def install_objects(ports: dict[str, int], pki: WebhookPki) -> list[dict[str, An
         "data": {k: base64.b64encode(v).decode() for k, v in tls.items()},
     }
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUBEFLOW_NAMESPACE}}
-    return [namespace, secret, *webhook_configurations(ports, pki)]
+    objects, seen = [], set()
+    for obj in [namespace, *(o for c in CONTROLLER_RBAC for o in controller_rbac(c)[0]), secret, *webhook_configurations(ports, pki)]:
+        key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        if key not in seen:
+            seen.add(key)
+            objects.append(obj)
+    return objects
 
 
 def write_serving_certs(tmpdir: Path, pki: WebhookPki) -> None:

@@ -1,6 +1,7 @@
 """The embedded control plane: etcd, kube-apiserver, kube-controller-manager, the Kubeflow controllers
-(training-operator, Trainer v2 and JobSet), SeaweedFS S3 and Prometheus as local processes, driven by `up`,
-`down` and `status`. Only the kubelet is stood in for, by the pod runner (`gradatim podrunner`).
+(training-operator, Trainer v2 and JobSet), SeaweedFS S3, Prometheus and the pod runner as local processes, driven by
+`up`, `down` and `status`. Only the kubelet is stood in for, by the pod runner (`gradatim podrunner`, Node
+`gradatim-local`), which runs every pod not kept for another node.
 
 Used by `gradatim cluster ...`, by the pytest `cluster` fixture and by the quickstart,
 so all three get exactly the same cluster.
@@ -8,6 +9,7 @@ so all three get exactly the same cluster.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -37,6 +39,7 @@ from gradatim.cluster.render import (
     render_kubeconfig,
     render_prometheus_config,
     render_s3_identities,
+    render_token_kubeconfig,
 )
 from gradatim.planner.render import TRAINING_RUNTIME, render_cluster_training_runtime
 from gradatim.cluster.state import ClusterInfo, ClusterState, ComponentStatus, ProcessRecord
@@ -194,10 +197,11 @@ class ControlPlane:
             objects.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
                                            "items": controllers.install_objects(state.ports, webhook_pki)}, indent=1))
             run_kubectl(binaries.kubectl, layout.kubeconfig, ["apply", "--server-side", "--force-conflicts", "--field-manager=gradatim", "-f", str(objects)])
-        env = components.controller_env(layout)
-        self._start(state, "training-operator", components.training_operator_command(binaries, layout, state.ports), env)
-        self._start(state, "jobset-controller", components.jobset_command(binaries, layout), env)
-        self._start(state, "trainer-controller-manager", components.trainer_command(binaries, layout), env)
+        with progress.step("Kubeflow controllers' ServiceAccount tokens issued (upstream RBAC)"):
+            env = {name: components.controller_env(layout, self._controller_kubeconfig(state, binaries, name)) for name in controllers.CONTROLLER_RBAC}
+        self._start(state, "training-operator", components.training_operator_command(binaries, layout, state.ports), env["training-operator"])
+        self._start(state, "jobset-controller", components.jobset_command(binaries, layout), env["jobset-controller"])
+        self._start(state, "trainer-controller-manager", components.trainer_command(binaries, layout), env["trainer-controller-manager"])
         for name, title in (("training-operator", f"Kubeflow training-operator {versions.TRAINING_OPERATOR_VERSION} ready (PyTorchJob)"),
                             ("jobset-controller", f"JobSet {versions.JOBSET_VERSION} ready"),
                             ("trainer-controller-manager", f"Kubeflow Trainer {versions.TRAINER_VERSION} ready (TrainJob)")):
@@ -206,6 +210,26 @@ class ControlPlane:
             runtime = layout.root / "cluster-training-runtime.json"
             runtime.write_text(json.dumps(render_cluster_training_runtime(), indent=1))
             run_kubectl(binaries.kubectl, layout.kubeconfig, ["apply", "--server-side", "--force-conflicts", "--field-manager=gradatim", "-f", str(runtime)])
+
+    def _controller_kubeconfig(self, state: ClusterState, binaries: Binaries, controller: str) -> Path:
+        """The controller's kubeconfig, with its ServiceAccount's long-lived token once the token controller filled it."""
+        _, namespace, account = controllers.controller_rbac(controller)
+        token = ""
+
+        def issued() -> bool:
+            nonlocal token
+            token = run_kubectl(binaries.kubectl, self.layout.kubeconfig, ["get", "secret", f"{account}-token", "-n", namespace,
+                                                                           "-o", "jsonpath={.data.token}"]).strip()
+            return bool(token)
+
+        if not wait_for(issued, START_TIMEOUT_SECONDS, interval=0.25):
+            raise ClusterError(f"no token for ServiceAccount {namespace}/{account} after {START_TIMEOUT_SECONDS}s (kube-controller-manager's token controller)")
+        path = self.layout.controller_kubeconfig(controller)
+        server = f"https://{components.HOST}:{state.ports['api_server']}"
+        path.write_text(render_token_kubeconfig(server, ensure_pki(self.layout.pki_dir).ca.cert.read_bytes(), base64.b64decode(token).decode(),
+                                                f"system:serviceaccount:{namespace}:{account}"))
+        path.chmod(0o600)
+        return path
 
     def _start(self, state: ClusterState, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         pid = spawn(command, self.layout.log_file(name), cwd=self.layout.root, env=env)

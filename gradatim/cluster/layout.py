@@ -71,6 +71,10 @@ class StateLayout:
         """Prometheus reads scrape targets from `*.json` files here (file_sd)."""
         return self.root / "prometheus-sd"
 
+    def controller_kubeconfig(self, controller: str) -> Path:
+        """A Kubeflow controller's: its ServiceAccount's token."""
+        return self.root / f"{controller}.kubeconfig"
+
     @property
     def pods_dir(self) -> Path:
         """The pod runner's: a directory per pod with its volumes and its containers' logs."""

@@ -31,6 +31,19 @@ def render_kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: byte
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def render_token_kubeconfig(server: str, ca_pem: bytes, token: str, user: str) -> str:
+    """A kubeconfig that authenticates with a ServiceAccount's bearer token."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": CLUSTER_NAME, "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": CLUSTER_NAME, "context": {"cluster": CLUSTER_NAME, "user": user}}],
+        "current-context": CLUSTER_NAME,
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def render_env_file(env: dict[str, str]) -> str:
     """`KEY=VALUE` lines; values are plain (no quoting), which both shells and dotenv read."""
     return "".join(f"{key}={value}\n" for key, value in env.items())
