@@ -240,6 +240,29 @@ def test_the_clusters_pod_runner_runs_pods_unless_their_namespace_asks_for_a_run
         core.delete_namespace(plain)
 
 
+def process_env(pid: int) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in e)
+
+
+def test_the_kubeflow_controllers_act_as_their_own_service_accounts(cluster):
+    """As an install has them: each controller's kubeconfig is its ServiceAccount's token, with the upstream RBAC
+    and nothing more (JobSet's role reads no Secrets)."""
+    processes = ClusterState.load(StateLayout(cluster.state_dir)).processes
+    accounts = {"training-operator": "system:serviceaccount:kubeflow:training-operator",
+                "jobset-controller": "system:serviceaccount:jobset-system:jobset-controller-manager",
+                "trainer-controller-manager": "system:serviceaccount:kubeflow-system:kubeflow-trainer-controller-manager"}
+    for name, account in accounts.items():
+        kubeconfig = process_env(processes[name].pid)["KUBECONFIG"]
+
+        def kubectl(*args: str) -> str:
+            return subprocess.run([str(cluster.kubectl), f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True).stdout.strip()
+
+        assert kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}") == account, name
+        assert kubectl("auth", "can-i", "watch", "pods", "-A") == "yes", name
+        if name == "jobset-controller":
+            assert kubectl("auth", "can-i", "get", "secrets", "-n", "kube-system") == "no"
+
+
 def test_s3_put_and_get(cluster: ClusterInfo):
     s3 = cluster.s3_client()
     key = f"tests/{time.time_ns()}.txt"
