@@ -238,20 +238,23 @@ def test_the_trainer_container_keeps_its_termination_message():
 
 # -- `gradatim run`'s jobs: pods run by the kubelet code, their status as a kubelet writes it -------------
 
-def run_local_job(tmp_path, name: str, code: str) -> tuple[dict, dict]:
+def local_job(name: str, code: str, **container) -> dict:
+    container = {"name": "pytorch", "image": "trainer", "command": ["python", "-c", code], "terminationMessagePolicy": "FallbackToLogsOnError", **container}
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "Never", "template": {"spec": {"containers": [container]}}}}}}
+
+
+def run_local_job(tmp_path, name: str, code: str, **container) -> tuple[dict, dict]:
     """A one-replica PyTorchJob running `python -c code` under `gradatim run`'s LocalJobs, until it finishes."""
     jobs = LocalJobs(tmp_path / "jobs", {})
-    container = {"name": "pytorch", "image": "trainer", "command": ["python", "-c", code], "terminationMessagePolicy": "FallbackToLogsOnError"}
-    job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name, "namespace": "ns"},
-           "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "Never", "template": {"spec": {"containers": [container]}}}}}}
-    assert jobs.create(job, {"metadata": {"name": f"{name}-spec"}, "data": {}}, NOW)
+    assert jobs.create(local_job(name, code, **container), {"metadata": {"name": f"{name}-spec"}, "data": {}}, NOW)
     deadline = time.monotonic() + 60
     while not any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in jobs.get(name)["status"]["conditions"]):
         assert time.monotonic() < deadline, jobs.get(name)["status"]
         jobs.sync(NOW)
         time.sleep(0.05)
     jobs.stop_all()
-    return jobs.get(name), jobs.pods(name)[0]
+    return jobs.get(name), next(iter(jobs.pods(name)), None)  # a pod that never started is deleted with its job
 
 
 def test_a_replica_killed_by_sigkill_exits_137_and_one_that_wrote_a_message_keeps_it(tmp_path):
@@ -277,6 +280,35 @@ def test_a_local_jobs_pods_get_what_the_training_operator_injects(tmp_path):
     env = json.loads((tmp_path / "jobs" / "ns" / "env-master-0" / "pytorch.log").read_text().strip().splitlines()[-1])
     assert env["MASTER_ADDR"] == "127.0.0.1", "the Master pod's name, on this machine"
     assert env["MASTER_PORT"] != "23456" and (env["WORLD_SIZE"], env["RANK"], env["PET_NNODES"]) == ("1", "0", "1")
+
+
+def test_a_local_job_whose_secret_is_missing_fails_with_the_kubelets_words(tmp_path):
+    """A kubelet waits for the Secret to be created; nothing can create one during a local run."""
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "token"}}}]
+    job, _ = run_local_job(tmp_path, "nosecret", "pass", env=env)
+    failed = job["status"]["conditions"][-1]
+    assert failed["type"] == "Failed" and "CreateContainerConfigError" in failed["message"] and 'secret "nope" not found' in failed["message"]
+
+
+def test_a_deleted_local_jobs_pods_are_listed_until_their_processes_are_gone(tmp_path):
+    """The planner starts a retry only once the failed attempt's pods are gone: never two gangs on one prefix."""
+    jobs = LocalJobs(tmp_path / "jobs", {})
+    jobs.create(local_job("slow", "import signal, time; signal.signal(signal.SIGTERM, lambda *_: time.sleep(1) or exit(143)); time.sleep(600)"),
+                {"metadata": {"name": "slow-spec"}, "data": {}}, NOW)
+    deadline = time.monotonic() + 30
+    while not jobs.pods("slow") or jobs.pods("slow")[0]["status"]["phase"] != "Running":
+        assert time.monotonic() < deadline
+        jobs.sync(NOW)
+        time.sleep(0.05)
+    jobs.delete("slow")
+    jobs.sync(NOW)
+    (pod,) = jobs.pods("slow")
+    assert pod["metadata"].get("deletionTimestamp"), "listed as being deleted while its process stops"
+    while jobs.pods("slow"):
+        assert time.monotonic() < deadline, "the deleted pod never went"
+        jobs.sync(NOW)
+        time.sleep(0.05)
+    assert not jobs.kubelet.pods
 
 
 # -- resource quantities ----------------------------------------------------------------------------------

@@ -154,6 +154,12 @@ def trainer_command(binaries: Binaries, layout: StateLayout) -> list[str]:
     return [str(binaries.trainer_controller_manager), f"--config={layout.trainer_config}"]
 
 
+def pod_runner_env(layout: StateLayout) -> dict[str, str]:
+    """The admin kubeconfig (a kubelet has its node's credentials), and this checkout's gradatim first on the path."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "KUBECONFIG": str(layout.kubeconfig), "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
 def pod_runner_command(layout: StateLayout, ports: dict[str, int]) -> list[str]:
     return [sys.executable, "-m", "gradatim", "podrunner", f"--node-name={NODE_NAME}", f"--workdir={layout.pods_dir}",
             f"--prometheus-sd-dir={layout.prometheus_sd_dir}", f"--health-port={ports['pod_runner_health']}"]

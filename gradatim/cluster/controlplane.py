@@ -180,7 +180,7 @@ class ControlPlane:
         kcm = "kube-controller-manager"
         self._wait(state, kcm, probes[kcm], progress, f"{kcm} healthy")
         self._start_kubeflow(state, binaries, progress, probes)
-        self._start(state, "pod-runner", components.pod_runner_command(layout, ports), {**os.environ, "KUBECONFIG": str(layout.kubeconfig)})
+        self._start(state, "pod-runner", components.pod_runner_command(layout, ports), components.pod_runner_env(layout))
         self._wait(state, "pod-runner", probes["pod-runner"], progress, f"Pod runner ready (Node {components.NODE_NAME}, pods under {layout.pods_dir})")
         self._wait(state, "seaweedfs", probes["seaweedfs"], progress, f"SeaweedFS S3 answering at {info.s3_endpoint}")
         with progress.step(f"S3 bucket '{info.s3_bucket}' exists"):

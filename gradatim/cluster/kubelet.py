@@ -41,7 +41,7 @@ from gradatim.api.resolved import FINAL_SCRAPE_ENV
 from gradatim.api.runfiles import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
 from gradatim.cluster.targets import write_targets
 
-log = logging.getLogger("gradatim.podrunner")
+log = logging.getLogger("gradatim.kubelet")
 
 HOST_IP = "127.0.0.1"
 JOB_LABELS = {"pytorchjob": "training.kubeflow.org/job-name", "jobset": "jobset.sigs.k8s.io/jobset-name"}

@@ -97,7 +97,8 @@ def suspend_pipeline(api, namespace: str, pipeline: str, progress: ConsoleProgre
         while time.monotonic() < deadline:
             stages = [kube.parse_stage(b) for b in kube.list_stages(api, namespace) if b.get("spec", {}).get("pipeline") == pipeline]
             pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"{PIPELINE_LABEL}={pipeline}").items
-            if not pods and not any(s.status and s.status.phase in ("Running", "Retrying") for s in stages):
+            live = [p for p in pods if p.status.phase not in ("Succeeded", "Failed")]  # a finished stage's pods stay
+            if not live and not any(s.status and s.status.phase in ("Running", "Retrying") for s in stages):
                 return
             time.sleep(0.5)
         raise QuickstartError(f"TrainingPipeline {namespace}/{pipeline} still ran {wait_seconds:g}s after it was suspended; "

@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ log = logging.getLogger("gradatim.local.jobs")
 
 MASTER_PORT = 23456  # Kubeflow's default; the kubelet code gives each job its own port on this machine
 STOP_GRACE_SECONDS = 5.0
+CANNOT_START = ("CreateContainerConfigError", "CreateContainerError")  # the kubelet's reasons for a container it cannot start
 
 
 def _ts(now: datetime) -> str:
@@ -89,9 +90,9 @@ class LocalJobs:
         self.secrets = secrets
         self.parallel = parallel
         self.kubelet = PodProcesses(workdir, self, image_modules, extra_env)
-        self.running_pods: dict[str, list[LocalPod]] = {}  # by job name, while its processes run
-        self.last_pods: dict[str, list[dict[str, Any]]] = {}  # by job name: its pods with their last status
-        self.stopping: list[LocalPod] = []
+        self.running_pods: dict[str, list[LocalPod]] = {}  # by job name, while its attempt runs
+        self.stopping: dict[str, list[LocalPod]] = {}  # by job name: pods being deleted, until their processes are gone
+        self.records: dict[str, dict[str, dict[str, Any]]] = {}  # by job name and pod uid: each pod with its last status
 
     # -- PodSources --------------------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class LocalJobs:
         return {k: v.encode() for k, v in (configmap.get("data") or {}).items()} if configmap else None
 
     def services(self, namespace: str) -> set[str]:
-        return {pod["metadata"]["name"] for pods in self.last_pods.values() for pod in pods}
+        return {pod["metadata"]["name"] for pods in self.records.values() for pod in pods.values()}
 
     def token(self, namespace: str, account: str, request: dict[str, Any]) -> str | None:
         return None  # no API server to talk to
@@ -130,13 +131,15 @@ class LocalJobs:
             self.objects[name]["spec"].setdefault("runPolicy", {})["suspend"] = suspended
 
     def delete(self, name: str) -> None:
+        """Deletes the job: its pods are deleted too, and listed (with a deletionTimestamp) until they have stopped."""
         if self.objects.pop(name, None) is not None:
             self._stop(name)
-            self.last_pods.pop(name, None)
+            stopping = {lp.uid for lp in self.stopping.get(name, [])}
+            self.records[name] = {uid: pod for uid, pod in self.records.get(name, {}).items() if uid in stopping}
 
     def pods(self, name: str) -> tuple[dict[str, Any], ...]:
         """The job's pods with the status the kubelet writes, its containers' exit codes and messages included."""
-        return tuple(self.last_pods.get(name, ()))
+        return tuple(self.records.get(name, {}).values())
 
     def running(self) -> int:
         return len(self.running_pods)
@@ -147,13 +150,17 @@ class LocalJobs:
         return self.kubelet.pod_dir(job["metadata"]["namespace"], f"{name}-master-0") if job else None
 
     def sync(self, now: datetime) -> None:
-        """Advances every job's pods and writes its status; waiting jobs start, oldest first, as slots free up."""
+        """Advances every job's pods and writes its status; waiting jobs start, oldest first, as slots free up.
+        A deleted pod goes once its processes have."""
         for job in self.objects.values():
             self._sync(job, now)
-        for lp in list(self.stopping):
-            if self.kubelet.stopped(lp):
+        for name, lps in list(self.stopping.items()):
+            for lp in [lp for lp in lps if self.kubelet.stopped(lp)]:
                 self.kubelet.forget(lp)
-                self.stopping.remove(lp)
+                lps.remove(lp)
+                self.records.get(name, {}).pop(lp.uid, None)
+            if not lps:
+                del self.stopping[name]
 
     def stop_all(self) -> None:
         self.kubelet.stop_all(STOP_GRACE_SECONDS)
@@ -165,7 +172,7 @@ class LocalJobs:
         if _true(status, "Succeeded") or _true(status, "Failed"):
             return
         if (job["spec"].get("runPolicy") or {}).get("suspend"):
-            self._stop(name)
+            self._stop(name, now)
             if not _true(status, "Suspended"):
                 set_condition(status, "Running", False, "Suspended", f"PyTorchJob {name} is suspended.", now)
                 set_condition(status, "Suspended", True, "Suspended", f"PyTorchJob {name} is suspended.", now)
@@ -175,10 +182,10 @@ class LocalJobs:
             status.pop("startTime", None)
         lps = self.running_pods.get(name)
         if lps is None:
-            if self.running() >= self.parallel:
+            if self.running() >= self.parallel or self.stopping.get(name):  # a resumed job's old pods go first
                 return
             pods = replica_pods(job, now)
-            self.last_pods[name] = pods  # named before any starts: MASTER_ADDR is the Master pod's name
+            self.records[name] = {pod["metadata"]["uid"]: pod for pod in pods}  # named before any starts: MASTER_ADDR
             lps = self.running_pods[name] = [self.kubelet.admit(pod) for pod in pods]
             status["startTime"] = _ts(now)
             set_condition(status, "Running", True, "Running", f"PyTorchJob {name} is running.", now)
@@ -186,24 +193,35 @@ class LocalJobs:
         for lp in lps:
             if lp.phase not in TERMINAL:
                 self.kubelet.advance(lp)
-        self.last_pods[name] = [{**lp.pod, "status": self.kubelet.status(lp)} for lp in lps]
+            self.records[name][lp.uid] = {**lp.pod, "status": self.kubelet.status(lp)}
         failed = [lp for lp in lps if lp.phase == "Failed"]
+        # A kubelet waits for a missing Secret or ConfigMap to be created; nothing creates one during a local run.
+        stuck = next(((lp, c) for lp in lps for c in lp.all() if (c.state.get("waiting") or {}).get("reason") in CANNOT_START), None)
         if failed:
             rtype = failed[0].pod["metadata"]["labels"][REPLICA_TYPE_LABEL]
             count = sum(1 for lp in failed if lp.pod["metadata"]["labels"][REPLICA_TYPE_LABEL] == rtype)
             set_condition(status, "Failed", True, "Failed", f"PyTorchJob {name} is failed because {count} {rtype.capitalize()} replica(s) failed.", now)
+        elif stuck is not None:
+            lp, c = stuck
+            waiting = c.state["waiting"]
+            set_condition(status, "Failed", True, "Failed", f"PyTorchJob {name} is failed because pod {lp.name} cannot start container "
+                          f"{c.name}: {waiting['reason']}: {waiting.get('message', '')}", now)
         elif any(lp.phase == "Succeeded" and lp.pod["metadata"]["labels"][REPLICA_TYPE_LABEL] == "master" for lp in lps):
             set_condition(status, "Succeeded", True, "Succeeded", f"PyTorchJob {name} is successfully completed.", now)
         else:
             return
         status["completionTime"] = _ts(now)
-        self._stop(name)
+        self._stop(name, now)
 
-    def _stop(self, name: str) -> None:
-        """Stops the job's pods that still run, without waiting: `sync` forgets them once their processes are gone."""
+    def _stop(self, name: str, now: datetime | None = None) -> None:
+        """Deletes the job's pods that still run (cleanPodPolicy Running), without waiting: `sync` forgets them once
+        their processes are gone. A finished pod stays, with its status."""
         for lp in self.running_pods.pop(name, []):
-            if lp.phase not in TERMINAL or any(c.process is not None for c in lp.all()):
-                self.kubelet.begin_stop(lp, STOP_GRACE_SECONDS)
-                self.stopping.append(lp)
-            else:
+            if lp.phase in TERMINAL and not any(c.process is not None for c in lp.all()):
                 self.kubelet.forget(lp)
+                continue
+            self.kubelet.begin_stop(lp, STOP_GRACE_SECONDS)
+            self.stopping.setdefault(name, []).append(lp)
+            record = self.records.get(name, {}).get(lp.uid)
+            if record is not None:
+                record["metadata"] = {**record["metadata"], "deletionTimestamp": _ts(now or datetime.now(timezone.utc))}
