@@ -248,17 +248,17 @@ def test_the_kubeflow_controllers_act_as_their_own_service_accounts(cluster):
     """As an install has them: each controller's kubeconfig is its ServiceAccount's token, with the upstream RBAC
     and nothing more (JobSet's role reads no Secrets)."""
     processes = ClusterState.load(StateLayout(cluster.state_dir)).processes
-    accounts = {"training-operator": "system:serviceaccount:kubeflow:training-operator",
-                "jobset-controller": "system:serviceaccount:jobset-system:jobset-controller-manager",
-                "trainer-controller-manager": "system:serviceaccount:kubeflow-system:kubeflow-trainer-controller-manager"}
-    for name, account in accounts.items():
+    accounts = {"training-operator": ("system:serviceaccount:kubeflow:training-operator", "pods"),
+                "jobset-controller": ("system:serviceaccount:jobset-system:jobset-controller-manager", "jobs.batch"),
+                "trainer-controller-manager": ("system:serviceaccount:kubeflow-system:kubeflow-trainer-controller-manager", "jobsets.jobset.x-k8s.io")}
+    for name, (account, creates) in accounts.items():
         kubeconfig = process_env(processes[name].pid)["KUBECONFIG"]
 
         def kubectl(*args: str) -> str:
             return subprocess.run([str(cluster.kubectl), f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True).stdout.strip()
 
         assert kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}") == account, name
-        assert kubectl("auth", "can-i", "watch", "pods", "-A") == "yes", name
+        assert kubectl("auth", "can-i", "create", creates, "-A") == "yes", name
         if name == "jobset-controller":
             assert kubectl("auth", "can-i", "get", "secrets", "-n", "kube-system") == "no"
 
