@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ TRAINING_OPERATOR_WEBHOOK_SECRET = "training-operator-webhook-cert"
 TRAINING_OPERATOR_FIXED_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
 
+@functools.cache  # a pinned module's directory does not change; `go mod download` is a subprocess
 def module_dir(module: str, version: str) -> Path:
     return Path(download_module(module, version)["Dir"])
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from gradatim.planner.jobs import JobState, job_state
 from gradatim.cluster.kubelet import JOB_LABELS, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, TERMINAL, LocalPod, PodProcesses
 
 log = logging.getLogger("gradatim.local.jobs")
@@ -32,10 +33,6 @@ CANNOT_START = ("CreateContainerConfigError", "CreateContainerError")  # the kub
 
 def _ts(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _true(status: Mapping[str, Any], type_: str) -> bool:
-    return any(c.get("type") == type_ and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 def set_condition(status: dict[str, Any], type_: str, value: bool, reason: str, message: str, now: datetime) -> None:
@@ -169,15 +166,15 @@ class LocalJobs:
 
     def _sync(self, job: dict[str, Any], now: datetime) -> None:
         name, status = job["metadata"]["name"], job["status"]
-        if _true(status, "Succeeded") or _true(status, "Failed"):
+        if job_state(job) in (JobState.SUCCEEDED, JobState.FAILED):
             return
         if (job["spec"].get("runPolicy") or {}).get("suspend"):
             self._stop(name, now)
-            if not _true(status, "Suspended"):
+            if job_state(job) is not JobState.SUSPENDED:
                 set_condition(status, "Running", False, "Suspended", f"PyTorchJob {name} is suspended.", now)
                 set_condition(status, "Suspended", True, "Suspended", f"PyTorchJob {name} is suspended.", now)
             return
-        if _true(status, "Suspended"):
+        if job_state(job) is JobState.SUSPENDED:
             set_condition(status, "Suspended", False, "Resumed", f"PyTorchJob {name} is resumed.", now)
             status.pop("startTime", None)
         lps = self.running_pods.get(name)
