@@ -278,10 +278,17 @@ def test_failed_gate_blocks_downstream(h):
 def test_a_cycle_is_reported_on_every_stage_on_it(h):
     h.pipeline("loop")
     h.stage("a", "loop", deps=("b",))
+    h.wait("trainingstages", "a", lambda o: any("no stage b" in c["message"] for c in (o.get("status") or {}).get("conditions", [])),
+           what="Blocked on b missing")
     h.stage("b", "loop", deps=("a",))
+    def stalled_on_cycle(o):
+        stalled = [c["message"] for c in (o.get("status") or {}).get("conditions", []) if c["type"] == "Stalled"]
+        return (o.get("status") or {}).get("phase") == "Blocked" and bool(stalled) and "dependency cycle" in stalled[0]
     for name in ("a", "b"):
-        st = h.wait_phase(name, "Blocked")
-        assert "dependency cycle" in next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
+        # b's arrival re-plans a, which was Blocked on b missing.
+        st = h.wait("trainingstages", name, stalled_on_cycle, what="Blocked on a dependency cycle")
+        message = next(c["message"] for c in st["status"]["conditions"] if c["type"] == "Stalled")
+        assert "a -> b -> a" in message or "b -> a -> b" in message, message
     assert h.jobs("a") == [] and h.jobs("b") == []
 
 
