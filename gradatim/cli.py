@@ -9,12 +9,15 @@ from pathlib import Path
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from gradatim.api.crd import CRD_DIR, write_crds
+    from gradatim.api.crd import CRD_DIR, write_chart_crds, write_crds
 
     from gradatim.planner.render import RUNTIME_MANIFEST_DIR, runtime_manifests
 
     for path in write_crds(args.out or CRD_DIR):
         print(f"Wrote {path}")
+    if not args.out:
+        for path in write_chart_crds():
+            print(f"Wrote {path}")
     runtime_dir = CRD_DIR.parent / RUNTIME_MANIFEST_DIR
     runtime_dir.mkdir(parents=True, exist_ok=True)
     for name, text in runtime_manifests().items():

@@ -62,6 +62,9 @@ class Harness:
     namespace: str
     workdir: Path
     backend: str = "pytorchjob"  # the Kubeflow job kind every pipeline of this harness asks for
+    install: str = "clusterwide"  # the RBAC the operator runs with: manifests/operator/ or manifests/operator-namespaced/
+    workspace: bool = True  # clusterwide: bind manifests/workspace/ in the namespace (its Secrets and ConfigMaps)
+    uid: int | None = None  # run the operator as this uid, with no passwd entry for it (as in its image)
     operator: Process = field(init=False)
     runner: Process = field(init=False)
     metrics_port: int = field(default_factory=free_port)
@@ -69,12 +72,19 @@ class Harness:
 
     def __post_init__(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONPATH": str(REPO)}
+        operator_env = {**env, "KUBECONFIG": str(self.operator_kubeconfig()),
+                        "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5",
+                        "GRADATIM_STORAGE_PATIENCE_SECONDS": str(STORAGE_PATIENCE_SECONDS)}
+        as_user: list[str] = []
+        if self.uid is not None:
+            # A user namespace maps this process's uid to `uid`, which has no passwd entry (the image's case); the
+            # files stay readable, their owner being the same outside. No USER or LOGNAME to fall back on either.
+            as_user = ["unshare", "--user", f"--map-user={self.uid}", f"--map-group={self.uid}"]
+            operator_env = {k: v for k, v in operator_env.items() if k not in ("USER", "LOGNAME", "LNAME", "USERNAME", "HOME")}
         self.operator = Process(
-            [sys.executable, "-m", "gradatim", "operator", "-n", self.namespace, "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
-            {**env, "KUBECONFIG": str(self.operator_kubeconfig()),
-             "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5",
-             "GRADATIM_STORAGE_PATIENCE_SECONDS": str(STORAGE_PATIENCE_SECONDS)},
-            self.workdir / "operator.log",
+            [*as_user, sys.executable, "-m", "gradatim", "operator", "-n", self.namespace,
+             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+            operator_env, self.workdir / "operator.log",
         )
         self.runner = Process(
             [sys.executable, "-m", "gradatim", "podrunner", "-n", self.namespace, "--workdir", str(self.workdir / "pods"),
@@ -85,13 +95,16 @@ class Harness:
         )
 
     def operator_kubeconfig(self) -> Path:
-        """A kubeconfig for the operator's ServiceAccount with the ClusterRole from manifests/operator/rbac.yaml,
-        so every operator test also proves that role is enough."""
-        subprocess.run([str(self.cluster.kubectl), f"--kubeconfig={self.cluster.kubeconfig}", "apply",
-                        "-f", str(REPO / "manifests/operator/namespace.yaml"), "-f", str(REPO / "manifests/operator/rbac.yaml")],
-                       check=True, capture_output=True)
+        """A kubeconfig for the operator's ServiceAccount with the roles shipped in manifests/ (cluster-wide, or the
+        namespaced install's Role in this namespace), so every operator test also proves they are enough."""
+        if self.install == "namespaced":
+            apply_rbac(self.cluster, namespaced_rbac(self.namespace))
+            account_namespace = self.namespace
+        else:
+            apply_rbac(self.cluster, clusterwide_rbac(self.namespace if self.workspace else None))
+            account_namespace = "gradatim-system"
         token = client.CoreV1Api(self.kube).create_namespaced_service_account_token(
-            "gradatim-operator", "gradatim-system", {"spec": {"expirationSeconds": 7200}}).status.token
+            "gradatim-operator", account_namespace, {"spec": {"expirationSeconds": 7200}}).status.token
         config = yaml.safe_load(Path(self.cluster.kubeconfig).read_text())
         for user in config["users"]:
             user["user"] = {"token": token}
@@ -181,12 +194,48 @@ class Harness:
         return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
 
 
+def kustomized(cluster: Any, directory: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([str(cluster.kubectl), "kustomize", str(directory)], check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def clusterwide_rbac(workspace: str | None) -> list[dict[str, Any]]:
+    """manifests/operator/'s namespace, ServiceAccount and roles, and manifests/workspace/'s RoleBinding in
+    `workspace` (when given), as `kubectl apply -k` would apply them."""
+    docs = [yaml.safe_load((REPO / "manifests/operator/namespace.yaml").read_text())]
+    docs += [d for d in yaml.safe_load_all((REPO / "manifests/operator/rbac.yaml").read_text()) if d]
+    if workspace:
+        binding = yaml.safe_load((REPO / "manifests/workspace/rolebinding.yaml").read_text())
+        binding["metadata"]["namespace"] = workspace
+        docs.append(binding)
+    return docs
+
+
+def namespaced_rbac(namespace: str) -> list[dict[str, Any]]:
+    """manifests/operator-namespaced/'s ServiceAccount, Role and RoleBinding, put in `namespace` (as its
+    kustomization's `namespace:` would)."""
+    docs = [d for name in ("serviceaccount.yaml", "role.yaml")
+            for d in yaml.safe_load_all((REPO / "manifests/operator-namespaced" / name).read_text()) if d]
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = namespace
+    return docs
+
+
+def apply_rbac(cluster: Any, docs: list[dict[str, Any]]) -> None:
+    subprocess.run([str(cluster.kubectl), f"--kubeconfig={cluster.kubeconfig}", "apply", "-f", "-"],
+                   input=yaml.safe_dump_all(docs), text=True, check=True, capture_output=True)
+
+
 @contextmanager
-def running_harness(cluster: Any, kube: client.ApiClient, workdir: Path, prefix: str, backend: str = "pytorchjob") -> Iterator[Harness]:
-    """A fresh namespace with the S3 Secret, an operator and a pod runner watching it; all gone afterwards."""
+def running_harness(cluster: Any, kube: client.ApiClient, workdir: Path, prefix: str, backend: str = "pytorchjob",
+                    **options: Any) -> Iterator[Harness]:
+    """A fresh namespace with the S3 Secret, an operator and a pod runner watching it; all gone afterwards.
+    `options`: Harness's install, workspace and uid."""
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(kube).create_namespace(own_node(ns))
-    harness = Harness(cluster, kube, ns, workdir, backend)
+    harness = Harness(cluster, kube, ns, workdir, backend, **options)
     harness.s3_secret()
     harness.start()
     try:

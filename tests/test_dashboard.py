@@ -210,7 +210,7 @@ def test_configmap_carries_the_sidecar_label_and_the_dashboard(model: dict):
 # --- the monitors ---------------------------------------------------------------------------------------------------
 
 def test_service_monitor_selects_the_operator_service():
-    service = yaml.safe_load((ROOT / "manifests/operator/service.yaml").read_text())
+    service = yaml.safe_load((ROOT / "manifests/operator/base/service.yaml").read_text())
     monitor = render_service_monitor()
     spec = monitor["spec"]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"

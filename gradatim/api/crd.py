@@ -243,6 +243,19 @@ def write_crds(directory: Path = CRD_DIR) -> list[Path]:
     return written
 
 
+CHART_CRD_DIR = CRD_DIR.parent / "charts" / "gradatim" / "crds"
+
+
+def write_chart_crds(directory: Path = CHART_CRD_DIR) -> list[Path]:
+    """The Helm chart's copy of the CRDs (Helm installs a chart's crds/ as they are, before its templates)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, obj in render_crds().items():
+        (directory / name).write_text(dump(obj))
+        written.append(directory / name)
+    return written
+
+
 if __name__ == "__main__":
     for p in write_crds(Path(sys.argv[1]) if len(sys.argv) > 1 else CRD_DIR):
         print(f"Wrote {p}")

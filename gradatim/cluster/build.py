@@ -79,6 +79,14 @@ def ensure_binaries(cache_dir: Path, progress: Progress) -> Binaries:
     )
 
 
+def ensure_helm(cache_dir: Path, progress: Progress) -> Path:
+    """helm, for the chart's tests; built apart from the control plane, which never runs it."""
+    target = cache_dir / "bin" / f"helm-{versions.HELM_VERSION}-{read_go_version()}"
+    ensure_built(target, lambda out, p: build_command(versions.HELM_MODULE, versions.HELM_VERSION, "cmd/helm", out / "helm", p),
+                 progress, f"helm {versions.HELM_VERSION}")
+    return target / "helm"
+
+
 def ensure_built(target: Path, build, progress: Progress, what: str) -> None:
     if (target / COMPLETE_MARKER).exists():
         return

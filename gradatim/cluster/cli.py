@@ -33,7 +33,7 @@ def add_cluster_subcommands(parser: argparse.ArgumentParser) -> None:
         ("down", run_down, "stop every process of the control plane"),
         ("status", run_status, "show each component: pid, ports, healthy or not"),
         ("kubeconfig", run_kubeconfig, "print the kubeconfig path (or the env file with --env)"),
-        ("build", run_build, "build (or find cached) the Kubernetes and etcd binaries"),
+        ("build", run_build, "build (or find cached) the Kubernetes, etcd and Kubeflow binaries, and helm"),
     ):
         command = commands.add_parser(name, help=help_text, description=help_text)
         command.add_argument(
@@ -55,11 +55,13 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from gradatim.cluster.build import default_cache_dir, ensure_binaries
+    from gradatim.cluster.build import default_cache_dir, ensure_binaries, ensure_helm
 
-    binaries = ensure_binaries(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), ConsoleProgress())
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    binaries = ensure_binaries(cache_dir, ConsoleProgress())
+    helm = ensure_helm(cache_dir, ConsoleProgress())  # the chart's tests run it
     for path in (binaries.kube_apiserver.parent, binaries.etcd.parent, binaries.training_operator.parent,
-                 binaries.jobset_controller.parent, binaries.trainer_controller_manager.parent):
+                 binaries.jobset_controller.parent, binaries.trainer_controller_manager.parent, helm.parent):
         print(f"Binaries ready: {path}")
     return 0
 

@@ -282,7 +282,9 @@ def serve_health(port: int, ready: Callable[[], bool]) -> None:
 def add_podrunner_command(subparsers) -> None:
     parser = subparsers.add_parser("podrunner", help="run the pods bound to a local node as processes (stands in for the kubelet)")
     parser.add_argument("-n", "--namespace", default=None, help="run only this namespace's pods (default: all)")
-    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("GRADATIM_HOME", Path.home() / ".gradatim")) / "pods")
+    # Resolved when used: every `gradatim` command builds this parser, and Path.home() raises for a uid with no
+    # passwd entry and no HOME (the operator's image).
+    parser.add_argument("--workdir", type=Path, default=None, help="pods' files (default: ${GRADATIM_HOME:-~/.gradatim}/pods)")
     parser.add_argument("--image-module", action="append", default=[], metavar="IMAGE=MODULE",
                         help="the Python module an image's `-m` entrypoint runs on this machine")
     parser.add_argument("--prometheus-sd-dir", type=Path, default=os.environ.get("GRADATIM_PROMETHEUS_SD_DIR"),
@@ -300,7 +302,8 @@ def _run_podrunner(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
     modules = dict(item.split("=", 1) for item in args.image_module)
-    runner = PodRunner(api, args.workdir, args.namespace, modules, prometheus_sd_dir=args.prometheus_sd_dir, cpus=args.cpus,
+    workdir = args.workdir or Path(os.environ.get("GRADATIM_HOME") or Path.home() / ".gradatim") / "pods"
+    runner = PodRunner(api, workdir, args.namespace, modules, prometheus_sd_dir=args.prometheus_sd_dir, cpus=args.cpus,
                        node_name=args.node_name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

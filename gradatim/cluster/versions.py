@@ -23,6 +23,9 @@ minor versions (podSpecOverrides -> podTemplateOverrides -> runtimePatches); 2.3
 JOBSET_VERSION = "v0.12.0"
 """sigs.k8s.io/jobset: the JobSet controller Trainer v2 runs its nodes on (the version the trainer's go.mod requires)."""
 
+HELM_VERSION = "v3.21.4"
+"""helm.sh/helm/v3: the tests lint and template the chart in charts/gradatim with it (not needed to run a cluster)."""
+
 KUBERNETES_MODULE = "k8s.io/kubernetes"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 TRAINING_OPERATOR_MODULE = "github.com/kubeflow/training-operator"
@@ -31,3 +34,4 @@ TRAINER_MODULE = "github.com/kubeflow/trainer/v2"
 TRAINER_CRDS_DIR = "manifests/base/crds"
 JOBSET_MODULE = "sigs.k8s.io/jobset"
 JOBSET_CRD_PATH = "config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml"
+HELM_MODULE = "helm.sh/helm/v3"

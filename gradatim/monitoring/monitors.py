@@ -1,6 +1,6 @@
 """prometheus-operator scrape configs for the two jobs in docs/metrics.md, and the generated monitoring files.
 
-`gradatim-operator` is scraped through the Service in manifests/operator/service.yaml (a ServiceMonitor);
+`gradatim-operator` is scraped through the Service in manifests/operator/base/service.yaml (a ServiceMonitor);
 `gradatim-trainer` straight from the trainer pods (a PodMonitor), since a PyTorchJob's headless Service only
 exposes its rendezvous port. Both honour the series' own labels: a stage's `namespace` is the stage's namespace,
 not the namespace of the pod that reports it.

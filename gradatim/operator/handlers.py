@@ -71,6 +71,10 @@ async def on_startup(settings: kopf.OperatorSettings, **_) -> None:
     settings.posting.enabled = False  # we post our own Events, one per transition
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Given exact namespaces (the namespaced install: a Role in each, nothing cluster-wide), kopf watches just those
+    # and needs no list/watch on Namespaces and CRDs; without this it asks, and warns when refused. Globs need it.
+    namespaces = watched_namespaces()
+    settings.scanning.disabled = bool(namespaces) and not any(c in n for n in namespaces for c in "*?[!")
     _worker = Worker(KubeWorld(_api_client(), cache), OperatorMetrics(), STORAGE_PATIENCE)
     if METRICS_PORT:
         start_http_server(METRICS_PORT)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import getpass
 import logging
 import os
+import socket
 
 import kopf
 
@@ -30,6 +32,20 @@ def _fewer_malloc_arenas() -> None:
         pass
 
 
+def own_identity() -> str:
+    """The operator's kopf identity. kopf builds it from POD_ID, else from getpass.getuser(), which raises for a uid
+    with no passwd entry: the images run as uid 65532 and have none (nor does a uid picked by OpenShift), and the
+    operator would crash-loop at start. The Deployment sets POD_ID; without it, the uid names the user."""
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # KeyError up to Python 3.12, OSError from 3.13
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def run(namespaces: list[str] | None, liveness: str, verbose: bool = False) -> int:
     _fewer_malloc_arenas()
     os.environ["GRADATIM_OPERATOR_NAMESPACES"] = ",".join(namespaces or [])  # read by the handlers' resync
@@ -40,6 +56,7 @@ def run(namespaces: list[str] | None, liveness: str, verbose: bool = False) -> i
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces, namespaces=namespaces or [], liveness_endpoint=liveness or None, standalone=True,
+            identity=own_identity(),  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         )
     )
     return 0

@@ -249,7 +249,15 @@ class KubeWorld:
         ref, storage = pipeline.spec.storage.secret_ref, pipeline.spec.storage
         namespace = pipeline.metadata["namespace"]
         where = f"TrainingPipeline {pipeline.metadata['name']}"
-        data = self._secret(namespace, ref.name)
+        try:
+            data = self._secret(namespace, ref.name)
+        except ApiException as err:
+            if err.status != 403:
+                raise
+            # The cluster-wide install grants Secrets only in the namespaces bound to gradatim-workspace.
+            return None, [f"{where} spec.storage.secretRef.name: the operator may not read Secret {ref.name!r} in namespace "
+                          f"{namespace}; grant it there: `kubectl apply -n {namespace} -k manifests/workspace/` (a RoleBinding "
+                          "to the ClusterRole gradatim-workspace)"]
         if data is None:
             return None, [f"{where} spec.storage.secretRef.name: Secret {ref.name!r} not found in namespace {namespace}; create it with the S3 credentials"]
         absent = [k for k in (ref.access_key_id_key, ref.secret_access_key_key) if k not in data]
