@@ -12,7 +12,7 @@ BACKEND     ?=
 VLLM_VENV   ?= .venv-vllm
 VLLM_STAMP  := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml images/vllm-cpu/venv.sh | sha256sum | cut -c1-12)
 
-.PHONY: help venv venv-vllm system-deps crds monitoring check-crds cluster-up cluster-down quickstart test clean
+.PHONY: help venv venv-vllm system-deps crds monitoring gitops check-crds cluster-up cluster-down quickstart test clean
 
 help:
 	@echo "make quickstart   bring up the embedded control plane and run the example recipe"
@@ -21,6 +21,7 @@ help:
 	@echo "make venv-vllm    build .venv-vllm, the real vLLM for CPUs (make test needs it)"
 	@echo "make crds         regenerate crds/ from gradatim/api"
 	@echo "make monitoring   regenerate manifests/monitoring/ (alerts, dashboard, monitors) from gradatim/monitoring"
+	@echo "make gitops       regenerate manifests/gitops/argocd/argocd-cm-health.yaml from the Lua health checks"
 
 $(STAMP): pyproject.toml
 	@echo "==> Creating $(VENV) and installing gradatim with its trainer and test extras"
@@ -50,6 +51,9 @@ crds: venv
 
 monitoring: venv
 	$(PY) -m gradatim.monitoring
+
+gitops: venv
+	$(PY) -m gradatim.gitops
 
 cluster-up: venv system-deps
 	$(PY) -m gradatim cluster up

@@ -222,6 +222,22 @@ def test_service_names_are_loopback_and_each_job_has_its_own_port(kube, namespac
     assert ports["a-0"] != ports["b-0"] and seen["b-0"]["PET_MASTER_PORT"] == ports["b-0"]
 
 
+def test_a_service_made_a_moment_before_its_pod_and_the_pods_own_subdomain_are_loopback(kube, namespace, runner, tmp_path):
+    """The runner keeps Service lists for seconds; a name missing from a list that old is looked up again, and a
+    pod's own subdomain (its headless Service, which JobSet may create after the pod) always counts."""
+    script = "import json, os, sys; json.dump({k: os.environ[k] for k in ('EARLY', 'LATE', 'OWN')}, open(sys.argv[1], 'w'))"
+    env = [{"name": "EARLY", "value": "early-svc"}, {"name": "LATE", "value": "late-svc"}, {"name": "OWN", "value": "node-0-0.own-subdomain"}]
+    client.CoreV1Api(kube).create_namespaced_service(namespace, {"metadata": {"name": "early-svc"}, "spec": {"ports": [{"port": 1}]}})
+    create(kube, namespace, pod("first", container(script, str(tmp_path / "first.json"), env=env)))
+    wait_phase(kube, namespace, "first", "Succeeded")  # the runner has listed the Services: early-svc only
+    client.CoreV1Api(kube).create_namespaced_service(namespace, {"metadata": {"name": "late-svc"}, "spec": {"ports": [{"port": 1}]}})
+    create(kube, namespace, pod("second", container(script, str(tmp_path / "second.json"), env=env), subdomain="own-subdomain"))
+    wait_phase(kube, namespace, "second", "Succeeded")
+    first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("first", "second"))
+    assert first == {"EARLY": "127.0.0.1", "LATE": "late-svc", "OWN": "node-0-0.own-subdomain"}
+    assert second == {"EARLY": "127.0.0.1", "LATE": "127.0.0.1", "OWN": "127.0.0.1"}
+
+
 def test_a_job_waits_for_cpu_and_is_bound_whole(kube, namespace, runner, tmp_path):
     release = tmp_path / "release"
     hold = container(f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.1)", resources={"requests": {"cpu": "1"}})

@@ -259,8 +259,8 @@ class PodSources(Protocol):
     def data(self, kind: str, namespace: str, name: str) -> dict[str, bytes] | None:
         """A ConfigMap's (`configmap`) or Secret's (`secret`) data, decoded; None when there is no such object."""
 
-    def services(self, namespace: str) -> set[str]:
-        """The names of the namespace's Services."""
+    def services(self, namespace: str, fresh: bool = False) -> set[str]:
+        """The names of the namespace's Services (`fresh`: as listed now, not from a cache)."""
 
     def token(self, namespace: str, account: str, request: dict[str, Any]) -> str | None:
         """A token for the ServiceAccount (a TokenRequest's spec); None when none is issued."""
@@ -496,7 +496,7 @@ class PodProcesses:
         for var in c.spec.get("env") or []:
             ref = var.get("valueFrom")
             if ref is None:  # only literal values name Services: a label's value may well be a Service's name
-                value = self._loopback(lp.namespace, expand(var.get("value") or "", env))
+                value = self._loopback(lp, expand(var.get("value") or "", env))
             elif "fieldRef" in ref:
                 value = field_value(lp.pod, ref["fieldRef"]["fieldPath"])
             elif "resourceFieldRef" in ref:
@@ -517,14 +517,24 @@ class PodProcesses:
             return str(self._ports[lp.group])
         return rewrite_path(value, mounts)
 
-    def _loopback(self, namespace: str, value: str) -> str:
+    def _loopback(self, lp: LocalPod, value: str) -> str:
         """A host name whose first label (`svc`, `svc.ns.svc...`) or second (`host.subdomain...`) is a Service's name
-        in the pod's namespace is this machine: every pod listens on loopback."""
+        in the pod's namespace, or the pod's own subdomain (its headless Service, which a controller may create a moment
+        after the pod), is this machine: every pod listens on loopback."""
         if not DNS_NAME.fullmatch(value) or value.replace(".", "").isdigit():
             return value
-        services = self.sources.services(namespace)
         labels = value.rstrip(".").split(".")
-        return HOST_IP if labels[0] in services or (len(labels) > 1 and labels[1] in services) else value
+
+        def names_a_service(services: set[str]) -> bool:
+            return labels[0] in services or (len(labels) > 1 and labels[1] in services)
+
+        own = {lp.pod["spec"]["subdomain"]} if lp.pod["spec"].get("subdomain") else set()
+        if names_a_service(self.sources.services(lp.namespace) | own):
+            return HOST_IP
+        # A host-like name missed in a list that may be seconds old: list again (a Service made since counts).
+        if ("-" in value or "." in value) and names_a_service(self.sources.services(lp.namespace, fresh=True)):
+            return HOST_IP
+        return value
 
     def argv(self, c: Container, env: Mapping[str, str], mounts: Mapping[str, Path]) -> list[str]:
         argv = [expand(a, env) for a in [*(c.spec.get("command") or []), *(c.spec.get("args") or [])]]
