@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gradatim.generated import write_files
+
 HEALTH_DIR = Path("manifests/gitops/argocd/health")
 SNIPPET = Path("manifests/gitops/argocd/argocd-cm-health.yaml")
 # (group, kind) of each check, laid out as Argo CD's own resource_customizations/<group>/<Kind>/health.lua.
@@ -57,13 +59,7 @@ def generated_files(root: Path) -> dict[Path, str]:
 
 
 def write_generated_files(root: Path) -> list[Path]:
-    written = []
-    for relative, text in generated_files(root).items():
-        path = Path(root) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
+    return write_files(root, generated_files(root))
 
 
 if __name__ == "__main__":

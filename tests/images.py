@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,6 @@ def build_image(name: str, base: str, log: Path, **build_args: str) -> tuple[str
     tag = f"localhost/gradatim-{name}:test-{key}"
     if image_exists(tag):
         return tag, 0.0
-    import time
-
     started = time.monotonic()
     argv = ["build", *build_args_for_this_machine(), "--build-arg", f"BASE={base}", "-f", str(dockerfile), "-t", tag]
     for k, v in build_args.items():

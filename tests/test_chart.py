@@ -16,6 +16,7 @@ from gradatim.api.crd import CHART_CRD_DIR, render_crds, dump
 from gradatim.cluster import versions
 from gradatim.cluster.build import default_cache_dir, ensure_helm
 from gradatim.cluster.progress import ConsoleProgress
+from tests.operator_harness import kustomized
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "gradatim"
@@ -39,10 +40,6 @@ def template(helm: Path, namespace: str, *sets: str) -> list[dict[str, Any]]:
     for value in sets:
         argv += ["--set", value]
     return [d for d in yaml.safe_load_all(run(*argv)) if d]
-
-
-def kustomize(cluster, directory: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(run(cluster.kubectl, "kustomize", directory)) if d]
 
 
 EXPONENT_ONLY = re.compile(r"^-?\d+[eE][-+]?\d+$")
@@ -93,20 +90,20 @@ def test_the_chart_lints_in_every_mode(helm):
 
 
 def test_the_chart_renders_the_clusterwide_manifests(helm, cluster):
-    assert_same_objects(template(helm, "gradatim-system"), kustomize(cluster, REPO / "manifests/operator"))
+    assert_same_objects(template(helm, "gradatim-system"), kustomized(cluster, REPO / "manifests/operator"))
 
 
 def test_the_chart_binds_workspaces_as_manifests_workspace_does(helm, cluster):
-    expected = kustomize(cluster, REPO / "manifests/operator")
+    expected = kustomized(cluster, REPO / "manifests/operator")
     for namespace in ("team-a", "team-b"):
-        for binding in kustomize(cluster, REPO / "manifests/workspace"):
+        for binding in kustomized(cluster, REPO / "manifests/workspace"):
             binding["metadata"]["namespace"] = namespace  # as `kubectl apply -n <namespace> -k manifests/workspace/`
             expected.append(binding)
     assert_same_objects(template(helm, "gradatim-system", "workspaceNamespaces={team-a,team-b}"), expected)
 
 
 def test_the_chart_renders_the_namespaced_manifests(helm, cluster):
-    assert_same_objects(template(helm, "gradatim", "installMode=namespaced"), kustomize(cluster, REPO / "manifests/operator-namespaced"))
+    assert_same_objects(template(helm, "gradatim", "installMode=namespaced"), kustomized(cluster, REPO / "manifests/operator-namespaced"))
     several = by_identity(template(helm, "gradatim", "installMode=namespaced", "watchNamespaces={team-a,team-b}"))
     assert not [key for key in several if key[1].startswith("Cluster")], "the namespaced install has no cluster-wide RBAC"
     assert {key[2] for key in several if key[1] in ("Role", "RoleBinding")} == {"team-a", "team-b"}
@@ -115,7 +112,7 @@ def test_the_chart_renders_the_namespaced_manifests(helm, cluster):
 
 
 def test_the_chart_renders_the_monitoring_manifests_when_asked(helm, cluster):
-    expected = kustomize(cluster, REPO / "manifests/operator") + kustomize(cluster, REPO / "manifests/monitoring")
+    expected = kustomized(cluster, REPO / "manifests/operator") + kustomized(cluster, REPO / "manifests/monitoring")
     assert_same_objects(template(helm, "gradatim-system", "monitoring.enabled=true"), expected)
     moved = by_identity(template(helm, "ml-ops", "monitoring.enabled=true", "monitoring.release=prom"))
     rule = moved[("monitoring.coreos.com/v1", "PrometheusRule", "ml-ops", "gradatim-alerts")]

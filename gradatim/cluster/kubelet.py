@@ -259,8 +259,8 @@ class PodSources(Protocol):
     def data(self, kind: str, namespace: str, name: str) -> dict[str, bytes] | None:
         """A ConfigMap's (`configmap`) or Secret's (`secret`) data, decoded; None when there is no such object."""
 
-    def services(self, namespace: str, fresh: bool = False) -> set[str]:
-        """The names of the namespace's Services (`fresh`: as listed now, not from a cache)."""
+    def services(self, namespace: str, listed_after: float = 0.0) -> set[str]:
+        """The names of the namespace's Services, from a list made after `listed_after` (time.monotonic()) when given."""
 
     def token(self, namespace: str, account: str, request: dict[str, Any]) -> str | None:
         """A token for the ServiceAccount (a TokenRequest's spec); None when none is issued."""
@@ -485,6 +485,7 @@ class PodProcesses:
     # -- a container's env, argv and volumes ------------------------------------------------------------
 
     def _env(self, lp: LocalPod, c: Container, mounts: Mapping[str, Path]) -> dict[str, str]:
+        started = time.monotonic()  # a Service list made after this counts as fresh: at most one re-list per container
         """The container's own env, in order: envFrom, then env; each value as it is on this machine."""
         env: dict[str, str] = {}
         for source in c.spec.get("envFrom") or []:
@@ -496,7 +497,7 @@ class PodProcesses:
         for var in c.spec.get("env") or []:
             ref = var.get("valueFrom")
             if ref is None:  # only literal values name Services: a label's value may well be a Service's name
-                value = self._loopback(lp, expand(var.get("value") or "", env))
+                value = self._loopback(lp, expand(var.get("value") or "", env), started)
             elif "fieldRef" in ref:
                 value = field_value(lp.pod, ref["fieldRef"]["fieldPath"])
             elif "resourceFieldRef" in ref:
@@ -517,7 +518,7 @@ class PodProcesses:
             return str(self._ports[lp.group])
         return rewrite_path(value, mounts)
 
-    def _loopback(self, lp: LocalPod, value: str) -> str:
+    def _loopback(self, lp: LocalPod, value: str, started: float) -> str:
         """A host name whose first label (`svc`, `svc.ns.svc...`) or second (`host.subdomain...`) is a Service's name
         in the pod's namespace, or the pod's own subdomain (its headless Service, which a controller may create a moment
         after the pod), is this machine: every pod listens on loopback."""
@@ -531,8 +532,8 @@ class PodProcesses:
         own = {lp.pod["spec"]["subdomain"]} if lp.pod["spec"].get("subdomain") else set()
         if names_a_service(self.sources.services(lp.namespace) | own):
             return HOST_IP
-        # A host-like name missed in a list that may be seconds old: list again (a Service made since counts).
-        if ("-" in value or "." in value) and names_a_service(self.sources.services(lp.namespace, fresh=True)):
+        # A host-like name missed in a list that may be seconds old: list again, once per container (a Service made since counts).
+        if ("-" in value or "." in value) and names_a_service(self.sources.services(lp.namespace, listed_after=started)):
             return HOST_IP
         return value
 

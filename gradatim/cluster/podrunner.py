@@ -61,9 +61,9 @@ class ApiSources:
         return {**{k: v.encode() for k, v in (obj.get("data") or {}).items()},
                 **{k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}}
 
-    def services(self, namespace: str, fresh: bool = False) -> set[str]:
+    def services(self, namespace: str, listed_after: float = 0.0) -> set[str]:
         listed, services = self._services.get(namespace, (0.0, set()))
-        if fresh or time.monotonic() - listed > SERVICES_CACHE_SECONDS:
+        if listed < listed_after or time.monotonic() - listed > SERVICES_CACHE_SECONDS:
             items = json.loads(self.core.list_namespaced_service(namespace, _preload_content=False).data)["items"]
             services = {s["metadata"]["name"] for s in items}
             self._services[namespace] = (time.monotonic(), services)

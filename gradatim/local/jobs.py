@@ -99,7 +99,7 @@ class LocalJobs:
         configmap = self.configmaps.get(name)
         return {k: v.encode() for k, v in (configmap.get("data") or {}).items()} if configmap else None
 
-    def services(self, namespace: str, fresh: bool = False) -> set[str]:
+    def services(self, namespace: str, listed_after: float = 0.0) -> set[str]:
         return {pod["metadata"]["name"] for pods in self.records.values() for pod in pods.values()}
 
     def token(self, namespace: str, account: str, request: dict[str, Any]) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gradatim.generated import write_files
+
 from gradatim.monitoring import alerts, monitors
 
 
@@ -21,13 +23,7 @@ def generated_files() -> dict[Path, str]:
 
 
 def write_generated_files(root: Path) -> list[Path]:
-    written = []
-    for relative, text in generated_files().items():
-        path = Path(root) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
+    return write_files(root, generated_files())
 
 
 if __name__ == "__main__":
