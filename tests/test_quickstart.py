@@ -19,7 +19,7 @@ from gradatim.api import TrainingPipeline, TrainingStage
 from gradatim.planner.graph import cache_keys
 from gradatim.planner.pipeline import plan_pipeline
 from gradatim.cluster.quickstart import EXAMPLE, current_phase, example_pipeline
-from gradatim.local.view import follow, headline, stage_views
+from gradatim.local.view import follow, headline, stage_views, table
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 REPO = Path(__file__).resolve().parents[1]
@@ -213,3 +213,34 @@ def test_follow_prints_a_line_per_change_without_a_terminal():
     assert follow("p", poll, interval=0, console=Console(file=buffer, force_terminal=False)) == "Succeeded"
     lines = buffer.getvalue().splitlines()
     assert len(lines) == 2 and "Running" in lines[0] and "1/4" in lines[0] and "Succeeded" in lines[1]
+
+
+def test_the_live_view_fits_80_and_120_columns_and_keeps_names_phases_and_results_whole():
+    """The quickstart's stages mid-run, rendered as a terminal of each width shows them."""
+    recipe = [d for f in ("pipeline.yaml", "stages.yaml") for d in yaml.safe_load_all((EXAMPLE / f).read_text()) if d and d["kind"] == "TrainingStage"]
+    statuses = {
+        "teacher-rollouts": {"phase": "Succeeded", "metrics": {"acceptance_rate": 0.8312}},
+        "eval-base": {"phase": "Succeeded", "metrics": {"pass@1": 0.0125, "pass@1_ci_low": 0.001, "pass@1_ci_high": 0.024}},
+        "decontaminate": {"phase": "Cached", "metrics": {"removed_fraction": 0.0}},
+        "midtrain": {"phase": "Running", "attempt": 2, "progress": {"step": 412, "totalSteps": 1236, "etaSeconds": 3725, "loss": 0.4567,
+                                                                     "text": "training tiny-teacher 412/1236"}},
+        "eval-midtrain": {"phase": "Retrying", "attempt": 2},
+        "sft": {"phase": "Failed", "metrics": {}},
+    }
+    stages = [stage(d["metadata"]["name"], d["spec"]["type"], d["spec"].get("dependsOn", []), statuses.get(d["metadata"]["name"])) for d in recipe]
+    stages[[s.metadata["name"] for s in stages].index("midtrain")].status.progress.loss = 0.4567
+    views = stage_views(stages)
+    for width in (80, 120, 160):
+        console = Console(width=width, record=True, force_terminal=True, color_system=None, file=io.StringIO())
+        console.print(table("TrainingPipeline default/mini-reasoning  Running  12:34", views, width))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width, text
+        for v in views:
+            [row] = [line for line in text.splitlines() if f" {v.name} " in line]  # the name whole, on one row
+            assert v.phase in row, text
+            assert v.result in row, text  # "pass@1 1.2% [0.1%, 2.4%]" whole
+        assert "412/1236" in text, "the running stage's progress gave way: " + text
+        if width >= 120:
+            assert "1:02:05" in text and "loss 0.4567" in text, text  # ETA and live values
+        if width >= 160:
+            assert " midtrain " in text and "█" in text and "type" in text, text

@@ -96,15 +96,40 @@ def stage_views(stages: Sequence[TrainingStage]) -> list[StageView]:
     return views
 
 
-def table(title: str, views: Sequence[StageView]) -> Table:
+# The columns in the order shown, and what gives way, in order, on a narrow terminal: the bar narrows, then the type
+# goes, the running stage's activity text, its live values, the bar, the ETA and last the progress column. The stage's
+# name, phase and result always stay whole.
+COLUMNS = ("stage", "type", "phase", "progress", "live", "result", "ETA")
+GIVE_WAY = ("wide bar", "type", "activity", "live", "bar", "ETA", "progress")
+
+
+def table(title: str, views: Sequence[StageView], width: int | None = None) -> Table:
+    """The views as a table, in the widest layout that fits `width` terminal columns (all of it when None)."""
+    if width is None:
+        return _table(title, views, set())
+    measure = Console(width=10_000)  # a table's natural width, unconstrained
+    for dropped in range(len(GIVE_WAY) + 1):
+        t = _table(title, views, set(GIVE_WAY[:dropped]))
+        if measure.measure(t).maximum <= width:
+            return t
+    return t
+
+
+def _table(title: str, views: Sequence[StageView], dropped: set[str]) -> Table:
+    columns = [c for c in COLUMNS if c not in dropped]
     t = Table(title=title, title_justify="left", expand=False)
-    for column in ("stage", "type", "phase", "progress", "live", "result", "ETA"):
+    for column in columns:
         t.add_column(column, no_wrap=True)
     for v in views:
         style = PHASE_STYLE.get(v.phase, "")
-        bar = progress_bar(v.step, v.total_steps, v.progress) if v.total_steps else ""
-        eta = clock(v.eta_seconds) if v.phase == "Running" else ""
-        t.add_row(v.name, v.type, f"[{style}]{v.phase}[/]" if style else v.phase, bar, v.live, v.result, eta)
+        text = v.progress if "activity" not in dropped else f"{v.step}/{v.total_steps}"
+        bar = "" if "bar" in dropped else progress_bar(v.step, v.total_steps, "", 8 if "wide bar" in dropped else 16)
+        cells = {
+            "stage": v.name, "type": v.type, "phase": f"[{style}]{v.phase}[/]" if style else v.phase,
+            "progress": f"{bar}{text}" if v.total_steps else "",
+            "live": v.live, "result": v.result, "ETA": clock(v.eta_seconds) if v.phase == "Running" else "",
+        }
+        t.add_row(*(cells[c] for c in columns))
     return t
 
 
@@ -128,11 +153,11 @@ def follow(title: str, poll: Poll, interval: float = 1.0, timeout: float | None 
         return f"{title}  {phase or 'Pending'}  {clock(time.monotonic() - started)}"
 
     if console.is_terminal:
-        with Live(table(heading(), views), console=console, refresh_per_second=4) as live:
+        with Live(table(heading(), views, console.width), console=console, refresh_per_second=4) as live:
             while phase not in FINISHED and (deadline is None or time.monotonic() < deadline):
                 time.sleep(interval)
                 phase, views = poll()
-                live.update(table(heading(), views))
+                live.update(table(heading(), views, console.width))  # the width read each time: a resized terminal
         return phase
     shown: dict[str, str] = {}
     while True:
