@@ -268,6 +268,7 @@ def test_rendered_pytorchjob_has_the_shape_kubeflow_expects():
     env = {e["name"]: e for e in container["env"]}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"}
     assert env["NCCL_DEBUG"]["value"] == "INFO"
+    assert env["GRADATIM_CPU_LIMIT"]["valueFrom"] == {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}  # the trainer's threads
     shm = next(v for v in worker["template"]["spec"]["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
     single = plan_stage(observe(stage("one"), pipe=pipeline(resources={"nodes": 1, "gpusPerNode": 0}))).actions[0].job

@@ -172,6 +172,9 @@ def test_stage_views_are_in_pipeline_order_with_live_values_and_results():
     done = stage_views([stage("eval", "eval", [], {"phase": "Succeeded", "metrics": {"pass@1": 0.25, "pass@1_ci_low": 0.2, "pass@1_ci_high": 0.3}})])
     assert done[0].result == "pass@1 25.0% [20.0%, 30.0%]"
     assert headline("generate", {"acceptance_rate": 0.5}) == "accepted 50.0%"
+    two_sets = {"pass@1": 0.5, "pass@1_ci_low": 0.4, "pass@1_ci_high": 0.6, "pass@1/math": 0.25, "pass@1_ci_low/math": 0.2, "pass@1_ci_high/math": 0.3}
+    assert headline("eval", two_sets, "math") == "pass@1 25.0% [20.0%, 30.0%]", "the first eval set's, not the mean over sets"
+    assert headline("eval", two_sets, "unknown") == "pass@1 50.0% [40.0%, 60.0%]"
     teacher = stage("rollouts", "generate", [], {"phase": "Running", "progress": {"step": 40, "totalSteps": 1800, "etaSeconds": 90, "text": "training tiny-teacher 40/1800", "loss": 0.5}})
     [view] = stage_views([teacher])
     assert "training tiny-teacher 40/1800" in view.line() and "loss 0.5" in view.line() and "ETA 1:30" in view.line()

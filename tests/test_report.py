@@ -296,3 +296,19 @@ def test_gradatim_report_reads_the_cluster_and_publishes_next_to_the_outputs(clu
     assert store.get_object(Bucket=cluster.s3_bucket, Key=prefix + "loss.png")["Body"].read() == (out / "loss.png").read_bytes()
     # publish() alone, as a caller without Kubernetes uses it
     assert publish(store, out, f"s3://{cluster.s3_bucket}/elsewhere/") == f"s3://{cluster.s3_bucket}/elsewhere/index.html"
+
+
+def test_grpo_before_and_after_on_each_eval_set_both_models_were_scored_on(tmp_path):
+    """The GRPO stage's input model (dpo, scored by eval-dpo) against its own (eval-grpo), per eval set."""
+    results = RESULTS | {"eval-grpo": _eval("eval-grpo", 30.0, {"math-eval": (0.5, 0.41, 0.59), "math-hard": (0.2, 0.12, 0.28)})}
+    records = records_from(stages_with_status({name: "Succeeded" for name in results}),
+                           lambda st: results.get(st.metadata["name"]) if st.status and st.status.phase == "Succeeded" else None)
+    report = build_report("default", PIPELINE, records)
+    assert [(b.stage, b.eval_set, b.before_stage, b.after_stage) for b in report.before_after] == [
+        ("grpo", "math-eval", "eval-dpo", "eval-grpo"), ("grpo", "math-hard", "eval-dpo", "eval-grpo")]
+    rows = parse(render_html(report, tmp_path)).tables["grpo-before-after"]
+    cells = {attrs["data-eval-set"]: [text for _, text in row] for attrs, row in rows if attrs}
+    assert cells["math-eval"] == ["grpo", "math-eval", "44.5 [34.9, 54.2]", "50.0 [41.0, 59.0]", "+5.5"]
+    assert cells["math-hard"][-1] == "−1.9"
+    pending = build_report("default", PIPELINE, records_from(stages_with_status(PHASES), read_fixture))
+    assert pending.before_after == (), "eval-grpo has not finished: no after"

@@ -13,7 +13,7 @@ from transformers import TrainingArguments
 from gradatim.api.hyperparams import GRPOParams, SFTParams
 from gradatim.api.resolved import ResolvedSource, ResolvedStageSpec
 from gradatim.trainer.hf import fsdp_config, model_settings, training_arguments
-from gradatim.trainer.runtime import Runtime
+from gradatim.trainer.runtime import Runtime, cpu_threads, set_cpu_threads
 from gradatim.trainer.sources import InputError, SourceError, load_model
 from gradatim.trainer.stages import grpo
 from gradatim.trainer.tiny import build_model, build_tokenizer
@@ -92,3 +92,17 @@ def test_grpo_entropy_terms_reach_trl(tmp_path):
     assert args.entropy_coef == 0.01 and args.top_entropy_quantile == 0.2
     default = grpo.arguments(GRPOParams.model_validate(BASE | {"numGenerations": 4}), spec("grpo", p), cpu(), tmp_path)
     assert default.entropy_coef == 0.0 and default.top_entropy_quantile == 1.0
+
+
+def test_cpu_threads_follow_the_containers_cpu_limit_shared_by_the_nodes_processes():
+    assert cpu_threads({"GRADATIM_CPU_LIMIT": "1"}, 1) == 1
+    assert cpu_threads({"GRADATIM_CPU_LIMIT": "32"}, 8) == 4
+    assert cpu_threads({"GRADATIM_CPU_LIMIT": "2"}, 4) == 1, "at least one thread"
+    assert cpu_threads({"GRADATIM_CPU_LIMIT": "32", "OMP_NUM_THREADS": "6"}, 1) is None, "the user's (or torchrun's) setting wins"
+    assert cpu_threads({}, 1) is None and cpu_threads({"GRADATIM_CPU_LIMIT": ""}, 1) is None, "no limit known: torch's default"
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads({"GRADATIM_CPU_LIMIT": "1"}, 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -54,12 +54,14 @@ def clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def headline(type_: str, metrics: Mapping[str, float]) -> str:
-    """The one number that says how a finished stage went."""
+def headline(type_: str, metrics: Mapping[str, float], first_set: str | None = None) -> str:
+    """The one number that says how a finished stage went. An eval's is its first eval set's pass@1 (`first_set`,
+    when named; the others are in its results and the report), else the pass@1 over all its sets."""
     if type_ == "eval" and "pass@1" in metrics:
-        low, high = metrics.get("pass@1_ci_low"), metrics.get("pass@1_ci_high")
+        key = f"/{first_set}" if first_set and f"pass@1/{first_set}" in metrics else ""
+        low, high = metrics.get(f"pass@1_ci_low{key}"), metrics.get(f"pass@1_ci_high{key}")
         ci = f" [{low:.1%}, {high:.1%}]" if low is not None and high is not None else ""
-        return f"pass@1 {metrics['pass@1']:.1%}{ci}"
+        return f"pass@1 {metrics[f'pass@1{key}']:.1%}{ci}"
     for key, label in (("acceptance_rate", "accepted"), ("removed_fraction", "removed")):
         if key in metrics:
             return f"{label} {metrics[key]:.1%}"
@@ -91,7 +93,8 @@ def stage_views(stages: Sequence[TrainingStage]) -> list[StageView]:
             step=progress.step if progress else 0, total_steps=progress.total_steps if progress else 0,
             eta_seconds=progress.eta_seconds if progress else None, progress_text=progress.text if progress else "",
             live=live_values(progress) if phase == "Running" else "",
-            result=headline(stage.spec.type, st.metrics) if st and phase in ("Succeeded", "Cached") else "",
+            result=headline(stage.spec.type, st.metrics, next((d.name for d in stage.spec.inputs.eval_data[:1]), None))
+            if st and phase in ("Succeeded", "Cached") else "",
         ))
     return views
 

@@ -203,6 +203,9 @@ def _env(stage: TrainingStage, pipeline: TrainingPipeline, attempt: int) -> list
         {"name": "GRADATIM_STAGE", "value": stage.metadata["name"]},
         {"name": "GRADATIM_STAGE_TYPE", "value": stage.spec.type},
         {"name": "GRADATIM_ATTEMPT", "value": str(attempt)},
+        # The container's CPU limit, for the trainer's thread count: torch sizes its pool by the node's cores, and
+        # more threads than the limit allows spin against the CFS quota (and each other) far slower than fewer.
+        {"name": "GRADATIM_CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}},
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.access_key_id_key}}},
         {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.secret_access_key_key}}},
         {"name": "AWS_DEFAULT_REGION", "value": storage.region},

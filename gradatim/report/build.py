@@ -111,6 +111,20 @@ class Panel:
 
 
 @dataclass(frozen=True)
+class BeforeAfter:
+    """A GRPO stage's model against the model it started from, on one eval set both were scored on (its own
+    training prompts, when an eval stage scores them, as well as the held-out sets)."""
+
+    stage: str
+    eval_set: str
+    before_stage: str
+    """The eval stage that scored the GRPO stage's input model."""
+    after_stage: str
+    before: Score
+    after: Score
+
+
+@dataclass(frozen=True)
 class Report:
     namespace: str
     pipeline: str
@@ -120,6 +134,7 @@ class Report:
     loss: tuple[Panel, ...]
     rewards: tuple[Panel, ...]
     completion_length: tuple[Panel, ...]
+    before_after: tuple[BeforeAfter, ...] = ()
     notes: str = ""
     """Free text from whoever runs the pipeline, e.g. what this miniature is and isn't."""
     generated_at: datetime | None = None
@@ -159,9 +174,20 @@ def build_report(namespace: str, pipeline: str, records: Sequence[StageRecord], 
         loss=tuple(p for r in records if (p := loss_panel(r))),
         rewards=tuple(p for r in records if r.type == "grpo" and (p := reward_panel(r))),
         completion_length=tuple(p for r in records if r.type == "grpo" and (p := completion_length_panel(r))),
+        before_after=tuple(b for r in records if r.type == "grpo" for b in before_after(r, ablation)),
         notes=notes,
         generated_at=generated_at,
     )
+
+
+def before_after(record: StageRecord, ablation: Sequence[AblationRow]) -> list[BeforeAfter]:
+    """Each eval set scored on both the model `record` starts from and the model it made."""
+    if record.model_stage is None:
+        return []
+    befores = [row for row in ablation if row.model == record.model_stage and row.finished]
+    afters = [row for row in ablation if row.model == record.name and row.finished]
+    return [BeforeAfter(record.name, name, before.stage, after.stage, before.scores[name], score)
+            for after in afters for name, score in after.scores.items() for before in befores if name in before.scores]
 
 
 def model_lineage(record: StageRecord, by_name: Mapping[str, StageRecord]) -> tuple[str | None, list[StageRecord], list[str]]:

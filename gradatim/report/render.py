@@ -127,6 +127,7 @@ def html_page(report: Report, plots: set[str]) -> str:
         figure("GRPO reward parts over steps", "rewards.png", plots, "no GRPO stage has finished yet"),
         "<p class=\"footnote\">Each reward function's mean before weighting, and the weighted total that GRPO optimises.</p>"
         if "rewards.png" in plots else "",
+        before_after_table(report),
         figure("GRPO completion length over steps", "completion_length.png", plots, "no GRPO stage has finished yet"),
         "<h2>Stages</h2>",
         stage_table(report.stages),
@@ -161,6 +162,24 @@ def ablation_table(report: Report) -> str:
         "<table id=\"ablation\">\n<thead><tr><th>model</th>" + (head or "<th>pass@1</th>")
         + "<th>tokens trained</th><th>wall time</th><th>eval stage</th></tr></thead>\n<tbody>\n"
         + "\n".join(rows) + "\n</tbody>\n</table>"
+    )
+
+
+def before_after_table(report: Report) -> str:
+    """pass@1 of each GRPO stage's input model and of its own, per eval set both were scored on."""
+    if not report.before_after:
+        return ""
+    rows = []
+    for b in report.before_after:
+        change = b.after.pass_at_1 - b.before.pass_at_1
+        rows.append(
+            f"<tr data-stage=\"{escape(b.stage)}\" data-eval-set=\"{escape(b.eval_set)}\"><td>{escape(b.stage)}</td><td>{escape(b.eval_set)}</td>"
+            f"{score_cell(b.eval_set, b.before)}{score_cell(b.eval_set, b.after)}"
+            f"<td class=\"num\" data-change=\"{change!r}\">{'+' if change >= 0 else '−'}{format_percent(abs(change))}</td></tr>"
+        )
+    return (
+        "<h2>GRPO: pass@1 before and after</h2>\n<table id=\"grpo-before-after\">\n<thead><tr><th>stage</th><th>eval set</th>"
+        "<th>before (its input model)</th><th>after</th><th>change (points)</th></tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
     )
 
 

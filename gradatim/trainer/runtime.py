@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,6 +42,7 @@ class Runtime:
             device = torch.device("cuda", local_rank)
         else:
             device = torch.device("cpu")
+        set_cpu_threads(os.environ, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         return cls(rank, world, local_rank, device, _workdir(workdir))
@@ -70,6 +71,22 @@ class Runtime:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def cpu_threads(env: Mapping[str, str], local_world_size: int) -> int | None:
+    """Threads for torch's CPU ops in each of a node's processes: the container's CPU limit (GRADATIM_CPU_LIMIT, from
+    the downward API) shared among them. None when OMP_NUM_THREADS says it (set by the user, or by torchrun for
+    several processes a node) or no limit is known."""
+    if env.get("OMP_NUM_THREADS") or not env.get("GRADATIM_CPU_LIMIT", "").isdigit():
+        return None
+    return max(1, int(env["GRADATIM_CPU_LIMIT"]) // max(1, local_world_size))
+
+
+def set_cpu_threads(env: Mapping[str, str], local_world_size: int) -> None:
+    threads = cpu_threads(env, local_world_size)
+    if threads is not None and threads != torch.get_num_threads():
+        log.info("Using %d CPU thread(s): the container's CPU limit over %d process(es) on this node", threads, local_world_size)
+        torch.set_num_threads(threads)
 
 
 def _workdir(given: str | os.PathLike | None) -> Path:

@@ -19,7 +19,7 @@ from gradatim.trainer import tiny
 from gradatim.trainer.artifacts import MANIFEST, download_dir
 from gradatim.trainer.runtime import Runtime
 
-BUILTIN_SIZES = {"train": 2000, "eval": 200, "rl": 400}
+BUILTIN_SIZES = {"train": 2000, "eval": 500, "rl": 400}
 # Where builtin models trained on first use are kept (an image would ship them prebuilt).
 MODEL_CACHE = Path(os.environ.get("GRADATIM_MODEL_CACHE") or Path.home() / ".cache" / "gradatim" / "models")
 log = logging.getLogger("gradatim.trainer")
