@@ -49,3 +49,10 @@ def test_operator_scale_benchmark_runs(cluster):
     last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
     assert float(last["rss_mb"]) > 0 and float(last["p99_handoff_ms"]) >= 0 and float(last["requests_per_reconcile"]) >= 0
     assert int(last["stages_live"]) == 12 + 12 + 3
+
+
+def test_cpu_threads_benchmark_runs():
+    out = run("cpu_threads.py", "--batch", "8", "--new-tokens", "8", "--rounds", "1")
+    last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert int(last["cores"]) >= 1 and float(last["alone_ratio"]) > 0 and float(last["shared_ratio"]) > 0
+    assert re.search(r"beside a busy core\s+1 thread\(s\) \(limit\s*\):\s+[\d,]+ tokens/s", out), out
