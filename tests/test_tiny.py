@@ -96,3 +96,32 @@ def test_tiny_teacher_is_a_trained_model_that_beats_the_untrained_one_and_is_cac
     started = time.monotonic()
     tiny.cached_teacher(tmp_path, seed=0)
     assert time.monotonic() - started < min(10.0, trained_in / 5), "a second load comes from the cache"
+
+
+def _save_on_rank_one(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from gradatim.trainer import tiny as t
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        if rank == 1:  # the first process on a second machine: it caches the builtin model for its machine
+            tokenizer = t.build_tokenizer()
+            model = t.build_model(tokenizer)
+            model.save_pretrained(f"{out}/by-save-pretrained")
+            t.save_local(model, tokenizer, f"{out}/by-save-local")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_builtin_model_is_saved_by_a_process_other_than_rank_0(tmp_path):
+    """transformers writes nothing from a rank other than 0 while a process group is up; tiny-teacher's cache and a
+    node's staged builtin model are written by whichever process comes first on a machine."""
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    mp.spawn(_save_on_rank_one, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    assert not (tmp_path / "by-save-pretrained" / "config.json").exists(), "transformers now saves on every rank: save_local may go"
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "by-save-local")
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "tied embeddings come back tied"

@@ -64,6 +64,18 @@ class Runtime:
             if self.local_rank == 0:
                 self.barrier()
 
+    @contextmanager
+    def rank0_first(self) -> Iterator[None]:
+        """Global rank 0 runs the block first, then every other rank (each must enter it): work whose progress is
+        rank 0's to report, and whose result the others may find in a cache they share with it."""
+        if self.rank != 0:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.rank == 0:
+                self.barrier()
+
     def barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()

@@ -227,7 +227,9 @@ def _load_model(source: ResolvedSource, store: Any, rt: Runtime, seed: int, dtyp
     if source.builtin == "tiny-teacher":
         if adjust_config is not None:
             raise SourceError("builtin model tiny-teacher is cached as built; leave out attention and configOverrides, or use tiny-model")
-        return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info, on_step=on_teacher_step)
+        # Rank 0 first: it reports the training's progress, and the others load what it cached (on its machine).
+        with rt.rank0_first():
+            return tiny.cached_teacher(MODEL_CACHE, seed=seed, log=log.info, on_step=on_teacher_step)
     if source.builtin:
         raise SourceError(f"builtin model {source.builtin!r} is unknown; use tiny-model (freshly initialised) or tiny-teacher (trained on worked solutions)")
     if source.hf:
@@ -253,8 +255,7 @@ def model_dir(source: ResolvedSource, store: Any, rt: Runtime, seed: int = 0, on
             with rt.node_first():
                 if not (target / "config.json").exists():
                     model, tokenizer = _load_model(source, store, rt, seed, "auto", on_teacher_step, None)
-                    model.save_pretrained(target)
-                    tokenizer.save_pretrained(target)
+                    tiny.save_local(model, tokenizer, target)  # this node's first process, whatever its rank
             return target
         if source.hf:
             from huggingface_hub import snapshot_download

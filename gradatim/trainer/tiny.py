@@ -293,6 +293,7 @@ def cached_teacher(cache_dir, seed: int = 0, log=None, on_step=None):
     other processes wait for it and load the result)."""
     import fcntl
     import os
+    import shutil
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -305,7 +306,25 @@ def cached_teacher(cache_dir, seed: int = 0, log=None, on_step=None):
             tokenizer = build_tokenizer(seed=seed)
             model = train_teacher(tokenizer, seed=seed, log=log, on_step=on_step)
             staging = Path(str(target) + f".tmp{os.getpid()}")
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+            save_local(model, tokenizer, staging)
+            if target.exists():  # incomplete (no config.json): staging is renamed only once whole, so only an older writer left it
+                shutil.rmtree(target)
             staging.rename(target)
     return AutoModelForCausalLM.from_pretrained(target), AutoTokenizer.from_pretrained(target)
+
+
+def save_local(model, tokenizer, path) -> None:
+    """The model and tokenizer as `from_pretrained` loads them, written by whichever process calls it. transformers'
+    `save_pretrained` writes nothing but from distributed rank 0 while a process group is up, and a builtin model is
+    cached, or staged in a node's scratch, by the first process on each machine."""
+    from pathlib import Path
+
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(path)
+    save_model(model, str(path / "model.safetensors"))  # drops the tied lm_head copy; loading re-ties it
+    tokenizer.save_pretrained(path)
