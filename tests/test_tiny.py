@@ -124,4 +124,5 @@ def test_a_builtin_model_is_saved_by_a_process_other_than_rank_0(tmp_path):
     mp.spawn(_save_on_rank_one, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     assert not (tmp_path / "by-save-pretrained" / "config.json").exists(), "transformers now saves on every rank: save_local may go"
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "by-save-local")
+    assert model.config.architectures == ["LlamaForCausalLM"], "vLLM and transformers serve pick the class by it"
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "tied embeddings come back tied"

@@ -323,6 +323,7 @@ def save_local(model, tokenizer, path) -> None:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]  # as save_pretrained records it: vLLM and `transformers serve` read it
     model.config.save_pretrained(path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(path)
