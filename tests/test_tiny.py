@@ -125,4 +125,8 @@ def test_a_builtin_model_is_saved_by_a_process_other_than_rank_0(tmp_path):
     assert not (tmp_path / "by-save-pretrained" / "config.json").exists(), "transformers now saves on every rank: save_local may go"
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "by-save-local")
     assert model.config.architectures == ["LlamaForCausalLM"], "vLLM and transformers serve pick the class by it"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "by-save-local" / "model.safetensors"), "pt") as f:
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys(), "vLLM loads the tied embedding by its own name"
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "tied embeddings come back tied"

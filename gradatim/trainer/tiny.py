@@ -319,7 +319,7 @@ def save_local(model, tokenizer, path) -> None:
     cached, or staged in a node's scratch, by the first process on each machine."""
     from pathlib import Path
 
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -327,5 +327,12 @@ def save_local(model, tokenizer, path) -> None:
     model.config.save_pretrained(path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(path)
-    save_model(model, str(path / "model.safetensors"))  # drops the tied lm_head copy; loading re-ties it
+    # Each tied tensor once, under its first name in state-dict order (embed_tokens, not lm_head), as save_pretrained
+    # keeps it: vLLM reads the embedding by that name and ties lm_head to it.
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.contiguous()
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(path)
