@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -52,28 +52,24 @@ class Runtime:
         """One process on the CPU, no process group: tests and tools that load what a stage would."""
         return cls(0, 1, 0, torch.device("cpu"), _workdir(workdir))
 
-    @contextmanager
-    def node_first(self) -> Iterator[None]:
+    def node_first(self) -> AbstractContextManager[None]:
         """Local rank 0 runs the block first (a download into the node's scratch, a tokenisation cache), then
         the node's other ranks run it and find the work done. Every rank must enter it, in the same order."""
-        if self.local_rank != 0:
-            self.barrier()
-        try:
-            yield
-        finally:
-            if self.local_rank == 0:
-                self.barrier()
+        return self._leader_first(self.local_rank == 0)
 
-    @contextmanager
-    def rank0_first(self) -> Iterator[None]:
+    def rank0_first(self) -> AbstractContextManager[None]:
         """Global rank 0 runs the block first, then every other rank (each must enter it): work whose progress is
         rank 0's to report, and whose result the others may find in a cache they share with it."""
-        if self.rank != 0:
+        return self._leader_first(self.rank == 0)
+
+    @contextmanager
+    def _leader_first(self, leader: bool) -> Iterator[None]:
+        if not leader:
             self.barrier()
         try:
             yield
         finally:
-            if self.rank == 0:
+            if leader:
                 self.barrier()
 
     def barrier(self) -> None:
