@@ -323,7 +323,9 @@ def save_local(model, tokenizer, path) -> None:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.config.architectures = [type(model).__name__]  # as save_pretrained records it: vLLM and `transformers serve` read it
+    # As save_pretrained records them: vLLM and `transformers serve` pick the class and the dtype by these.
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = model.dtype
     model.config.save_pretrained(path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(path)

@@ -85,6 +85,19 @@ def arguments(params: GRPOParams, spec: ResolvedStageSpec, rt: Runtime, output_d
     )
 
 
+def sync_by_inplace_reload(generation: Any) -> None:
+    """vLLM for CPUs repacks each linear layer's weight for oneDNN after loading and drops the checkpoint-format
+    parameter, so TRL's colocated sync (`model.load_weights`, a tensor at a time) has nothing to load into. vLLM's own
+    in-place reload loads the policy's tensors and repacks them; TRL still gathers them under vLLM's names."""
+    worker = generation.llm.llm_engine.model_executor.driver_worker
+
+    def sync_weights() -> None:
+        worker.reload_weights(weights_iterator=generation._iter_named_params())
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
+
+
 def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) -> dict[str, Any]:
     params = spec.typed_params()
     model, tokenizer = load_model(spec.inputs.model, store, rt, spec.seed, **model_settings(params, rt, reference_copy=True))
@@ -99,6 +112,8 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     trainer = sharded(GRPOTrainer)(model=model, reward_funcs=reward_functions(params, tokenizer), args=args,
                                    train_dataset=rows, processing_class=tokenizer,
                                    callbacks=[progress, sharding, CheckpointSync(store, spec, rt)])
+    if args.use_vllm and params.vllm_mode == "colocate" and rt.device.type == "cpu":
+        sync_by_inplace_reload(trainer.vllm_generation)
     result = trainer.train(resume_from_checkpoint=resume_point(store, spec, rt, output_dir))
     model_uri = save_model(trainer, tokenizer, store, spec, rt, output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
