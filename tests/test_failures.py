@@ -290,6 +290,28 @@ def test_a_local_job_whose_secret_is_missing_fails_with_the_kubelets_words(tmp_p
     assert failed["type"] == "Failed" and "CreateContainerConfigError" in failed["message"] and 'secret "nope" not found' in failed["message"]
 
 
+def test_local_jobs_run_side_by_side_only_while_their_cpu_fits_the_machine(tmp_path):
+    """As the pod runner schedules: training threads beyond the cores thrash, so a job waits for CPU as well as a
+    slot; a job bigger than the machine runs once nothing else does."""
+    jobs = LocalJobs(tmp_path / "jobs", {}, parallel=3)
+    jobs.kubelet.cpus = 2
+    cpu = lambda n: {"resources": {"requests": {"cpu": str(n)}, "limits": {"cpu": str(n)}}}  # noqa: E731
+    for name, n, code in (("one", 1, "import time; time.sleep(2)"), ("two", 2, "pass"), ("also-one", 1, "import time; time.sleep(2)"), ("four", 4, "pass")):
+        jobs.create(local_job(name, code, **cpu(n)), {"metadata": {"name": f"{name}-spec"}, "data": {}}, NOW)
+    jobs.sync(NOW)
+    assert set(jobs.running_pods) == {"one", "also-one"}, "two CPUs: the two 1-CPU jobs; the 2-CPU job waits beside them"
+    assert "startTime" not in jobs.get("two")["status"] and jobs.cpu_in_use() == 2
+    started, deadline = [], time.monotonic() + 60
+    while len(started) < 4:
+        assert time.monotonic() < deadline, {n: jobs.get(n)["status"] for n in ("one", "two", "also-one", "four")}
+        jobs.sync(NOW)
+        started += [n for n in jobs.running_pods if n not in started]
+        assert jobs.cpu_in_use() <= 2 or set(jobs.running_pods) == {"four"}, jobs.running_pods
+        time.sleep(0.05)
+    jobs.stop_all()
+    assert started[2:] == ["two", "four"], "then each bigger job alone, oldest first"
+
+
 def test_a_deleted_local_jobs_pods_are_listed_until_their_processes_are_gone(tmp_path):
     """The planner starts a retry only once the failed attempt's pods are gone: never two gangs on one prefix."""
     jobs = LocalJobs(tmp_path / "jobs", {})

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gradatim.planner.jobs import JobState, job_state
-from gradatim.cluster.kubelet import JOB_LABELS, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, TERMINAL, LocalPod, PodProcesses
+from gradatim.cluster.kubelet import JOB_LABELS, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, TERMINAL, LocalPod, PodProcesses, pod_cpu
 
 log = logging.getLogger("gradatim.local.jobs")
 
@@ -77,7 +77,8 @@ def replica_pods(job: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
 
 class LocalJobs:
     """PyTorchJobs and their ConfigMaps held in memory, their pods run by `PodProcesses`. At most `parallel` jobs
-    run at once; the others wait `Created`, as pods wait for a node. Also the pods' `PodSources`: the ConfigMaps
+    run at once, and a job starts beside others only when its CPU requests fit in this machine's cores (as the pod
+    runner schedules: oversubscribed training threads thrash); the others wait `Created`, as pods wait for a node. Also the pods' `PodSources`: the ConfigMaps
     and Secrets of the run, and a name for each pod (the Service the operator creates for it)."""
 
     def __init__(self, workdir: Path, secrets: Mapping[str, Mapping[str, bytes]], parallel: int = 1,
@@ -141,6 +142,9 @@ class LocalJobs:
     def running(self) -> int:
         return len(self.running_pods)
 
+    def cpu_in_use(self) -> float:
+        return sum(pod_cpu(lp.pod) for lps in self.running_pods.values() for lp in lps)
+
     def logs(self, name: str) -> Path | None:
         """The Master pod's directory: `pytorch.log` is its trainer's output."""
         job = self.objects.get(name)
@@ -149,8 +153,12 @@ class LocalJobs:
     def sync(self, now: datetime) -> None:
         """Advances every job's pods and writes its status; waiting jobs start, oldest first, as slots free up.
         A deleted pod goes once its processes have."""
-        for job in self.objects.values():
-            self._sync(job, now)
+        running = [name for name in self.objects if name in self.running_pods]
+        for name in running:  # first, so the CPU and slots they free go to the oldest waiting job
+            self._sync(self.objects[name], now)
+        for name, job in self.objects.items():
+            if name not in running:
+                self._sync(job, now)
         for name, lps in list(self.stopping.items()):
             for lp in [lp for lp in lps if self.kubelet.stopped(lp)]:
                 self.kubelet.forget(lp)
@@ -182,6 +190,8 @@ class LocalJobs:
             if self.running() >= self.parallel or self.stopping.get(name):  # a resumed job's old pods go first
                 return
             pods = replica_pods(job, now)
+            if self.running() and self.cpu_in_use() + sum(pod_cpu(p) for p in pods) > self.kubelet.cpus:
+                return
             self.records[name] = {pod["metadata"]["uid"]: pod for pod in pods}  # named before any starts: MASTER_ADDR
             lps = self.running_pods[name] = [self.kubelet.admit(pod) for pod in pods]
             status["startTime"] = _ts(now)
