@@ -3,6 +3,9 @@ the process-group timeout, the attention kernel and model-config overrides, GRPO
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +14,10 @@ from pydantic import ValidationError
 from transformers import TrainingArguments
 
 from gradatim.api.hyperparams import GRPOParams, SFTParams
+from gradatim.cluster.kubelet import free_port
 from gradatim.api.resolved import ResolvedSource, ResolvedStageSpec
 from gradatim.trainer.hf import fsdp_config, model_settings, training_arguments
-from gradatim.trainer.runtime import Runtime, cpu_threads, set_cpu_threads
+from gradatim.trainer.runtime import Runtime, cpu_threads
 from gradatim.trainer.sources import InputError, SourceError, load_model
 from gradatim.trainer.stages import grpo
 from gradatim.trainer.tiny import build_model, build_tokenizer
@@ -100,9 +104,16 @@ def test_cpu_threads_follow_the_containers_cpu_limit_shared_by_the_nodes_process
     assert cpu_threads({"GRADATIM_CPU_LIMIT": "2"}, 4) == 1, "at least one thread"
     assert cpu_threads({"GRADATIM_CPU_LIMIT": "32", "OMP_NUM_THREADS": "6"}, 1) is None, "the user's (or torchrun's) setting wins"
     assert cpu_threads({}, 1) is None and cpu_threads({"GRADATIM_CPU_LIMIT": ""}, 1) is None, "no limit known: torch's default"
-    before = torch.get_num_threads()
-    try:
-        set_cpu_threads({"GRADATIM_CPU_LIMIT": "1"}, 1)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+
+
+def test_the_cpu_limits_threads_hold_after_accelerate_sets_up_the_process_group():
+    """accelerate's CPU setup sets torch's threads to the machine's cores unless OMP_NUM_THREADS says otherwise:
+    two trainers side by side then spun against each other, about 7x slower."""
+    code = ("import os, torch; from gradatim.trainer.runtime import set_cpu_threads; from accelerate import PartialState; "
+            "set_cpu_threads(os.environ, 1); PartialState(cpu=True); print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(GRADATIM_CPU_LIMIT="1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), ACCELERATE_USE_CPU="true", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["1", "1"], done.stdout + done.stderr[-1000:]

@@ -92,7 +92,11 @@ def cpu_threads(env: Mapping[str, str], local_world_size: int) -> int | None:
 
 def set_cpu_threads(env: Mapping[str, str], local_world_size: int) -> None:
     threads = cpu_threads(env, local_world_size)
-    if threads is not None and threads != torch.get_num_threads():
+    if threads is None:
+        return
+    # Exported too: accelerate's CPU setup otherwise sets torch's threads to the machine's cores again.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if threads != torch.get_num_threads():
         log.info("Using %d CPU thread(s): the container's CPU limit over %d process(es) on this node", threads, local_world_size)
         torch.set_num_threads(threads)
 
