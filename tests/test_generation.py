@@ -4,6 +4,7 @@ OpenAI-compatible teacher (a real server on loopback that goes away mid-run)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -95,15 +96,17 @@ def test_killed_generate_resumes_from_the_chunks_written(cluster, tmp_path):
     retry = first.model_copy(update={"attempt": 2})
     result = run_trainer(cluster, retry, tmp_path, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = [line for line in result.stderr.splitlines() if "Resuming" in line]
-    assert any(f"Resuming: {len(written)} of 40 chunk(s)" in line for line in resumed), (len(written), resumed)
+    # A PUT a killed rank had fully sent can land on the server later still, so the retry may find more than were
+    # listed here: it reuses exactly the records it found, and redoes the rest.
+    found = [int(m.group(1)) for m in re.finditer(r"Resuming: (\d+) of 40 chunk\(s\)", result.stderr)]
+    assert found and found[0] >= len(written), (len(written), found)
     after = chunk_records(store, first.output.uri)
     assert sorted(after) == list(range(40))
     assert all(after[c] == written[c] for c in written), "a finished chunk is never redone"
     redone = [c for c, r in after.items() if r.attempt == 2]
-    assert len(redone) == 40 - len(written)
+    assert len(redone) == 40 - found[0]
     results = s3.read_json(store, first.output.uri + "results.json")
-    assert results["engine"] == "hf" and results["metrics"]["chunks_reused"] == len(written)
+    assert results["engine"] == "hf" and results["metrics"]["chunks_reused"] == found[0]
     assert set(results["outputs"]) == {"traces", "pairs", "prompts", "stats", "rollouts"}
     stats = read_output(store, results["outputs"]["stats"], tmp_path / "stats")
     assert len(stats) == 40 and len({s["id"] for s in stats}) == 40 and all(s["samples"] == 2 for s in stats)
