@@ -78,8 +78,9 @@ def replica_pods(job: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
 class LocalJobs:
     """PyTorchJobs and their ConfigMaps held in memory, their pods run by `PodProcesses`. At most `parallel` jobs
     run at once, and a job starts beside others only when its CPU requests fit in this machine's cores (as the pod
-    runner schedules: oversubscribed training threads thrash); the others wait `Created`, as pods wait for a node. Also the pods' `PodSources`: the ConfigMaps
-    and Secrets of the run, and a name for each pod (the Service the operator creates for it)."""
+    runner schedules: oversubscribed training threads thrash); the others wait `Created`, as pods wait for a node.
+    Also the pods' `PodSources`: the ConfigMaps and Secrets of the run, and a name for each pod (the Service the
+    operator creates for it)."""
 
     def __init__(self, workdir: Path, secrets: Mapping[str, Mapping[str, bytes]], parallel: int = 1,
                  image_modules: Mapping[str, str] | None = None, extra_env: Mapping[str, str] | None = None) -> None:

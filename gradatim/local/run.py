@@ -45,7 +45,7 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="status, logs, report and SeaweedFS data (default: ${GRADATIM_HOME:-~/.gradatim}/runs/<namespace>/<pipeline>)")
     parser.add_argument("-j", "--parallel", type=int, default=1,
-                        help="jobs run at once (default 1: every job already uses all cores); ready stages beyond it wait")
+                        help="jobs run at once (default 1), as many as fit this machine's cores by their CPU requests; ready stages beyond it wait")
     parser.set_defaults(func=lambda args: run_recipe(args.directory, args.state_dir, args.parallel))
 
 
