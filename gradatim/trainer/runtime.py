@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -75,6 +76,15 @@ class Runtime:
     def barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()
+
+    def from_rank0(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank, for a decision they must all act on alike (what each rank reads of S3
+        on its own can differ, as a write lands between their reads)."""
+        if not dist.is_initialized() or self.world_size == 1:
+            return value
+        box = [value if self.is_rank0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if dist.is_initialized():

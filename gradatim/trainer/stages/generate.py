@@ -113,7 +113,7 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any, reporter: Reporter) ->
     chunks = math.ceil(total / size)
     engine, place = open_engine(params, spec.inputs.model, store, rt, spec.seed,
                                 on_teacher_step=lambda step, steps, loss: reporter.preparing("training tiny-teacher", step, steps, loss))
-    done = finished_chunks(store, spec.output.uri)
+    done = rt.from_rank0(finished_chunks(store, spec.output.uri) if rt.is_rank0 else None)  # one list: no chunk done twice
     mine = [c for c in range(chunks) if c % place.replicas == place.replica and c not in done]
     progressed = sum(min(size, total - c * size) for c in done)
     if done:
