@@ -154,12 +154,10 @@ class LocalJobs:
     def sync(self, now: datetime) -> None:
         """Advances every job's pods and writes its status; waiting jobs start, oldest first, as slots free up.
         A deleted pod goes once its processes have."""
-        running = [name for name in self.objects if name in self.running_pods]
-        for name in running:  # first, so the CPU and slots they free go to the oldest waiting job
+        # Running jobs first (the sort is stable: creation order within each), so the CPU and slots they free go
+        # to the oldest waiting job.
+        for name in sorted(self.objects, key=lambda n: n not in self.running_pods):
             self._sync(self.objects[name], now)
-        for name, job in self.objects.items():
-            if name not in running:
-                self._sync(job, now)
         for name, lps in list(self.stopping.items()):
             for lp in [lp for lp in lps if self.kubelet.stopped(lp)]:
                 self.kubelet.forget(lp)
