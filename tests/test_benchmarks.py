@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,3 +58,37 @@ def test_cpu_threads_benchmark_runs():
     last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
     assert int(last["cores"]) >= 1 and float(last["alone_ratio"]) > 0 and float(last["shared_ratio"]) > 0
     assert re.search(r"beside a busy core\s+1 thread\(s\) \(limit\s*\):\s+[\d,]+ tokens/s", out), out
+
+
+def test_cpu_kernels_benchmark_runs_a_recipe_under_two_settings(tmp_path):
+    """A three-stage recipe (eval, midtrain, eval) run whole under the pinned AVX2 kernels and under those of a CPU
+    without AVX2: the table, each row's spread, the verdicts per setting and the kernels' speed."""
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    evals = {"samplesPerProblem": 2, "maxNewTokens": 16}
+    docs = [
+        {"apiVersion": "gradatim.io/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "kernels"},
+         "spec": {"storage": {"bucket": "gradatim", "secretRef": {"name": "s3"}},
+                  "resources": {"nodes": 1, "gpusPerNode": 0, "cpu": "1", "memory": "2Gi", "shmSize": "256Mi"}}},
+        {"apiVersion": "gradatim.io/v1alpha1", "kind": "TrainingStage", "metadata": {"name": "eval-base"},
+         "spec": {"pipeline": "kernels", "type": "eval", "inputs": {"model": {"builtin": "tiny-model"}, "evalData": [{"builtin": "tiny-math:eval:8"}]},
+                  "eval": evals}},
+        {"apiVersion": "gradatim.io/v1alpha1", "kind": "TrainingStage", "metadata": {"name": "midtrain"},
+         "spec": {"pipeline": "kernels", "type": "midtrain", "inputs": {"model": {"builtin": "tiny-model"}, "data": [{"builtin": "tiny-math:train:64"}]},
+                  "midtrain": {"learningRate": 1e-3, "batchSize": 8, "microBatchSize": 8, "maxSteps": 2, "maxLength": 256, "precision": "fp32",
+                               "gradientCheckpointing": False}}},
+        {"apiVersion": "gradatim.io/v1alpha1", "kind": "TrainingStage", "metadata": {"name": "eval-midtrain"},
+         "spec": {"pipeline": "kernels", "type": "eval", "dependsOn": ["midtrain"],
+                  "inputs": {"model": {"fromStage": "midtrain"}, "evalData": [{"builtin": "tiny-math:eval:8"}]}, "eval": evals}},
+    ]
+    (recipe / "recipe.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    out = run("cpu_kernels.py", "--recipe", str(recipe), "--settings", "avx2,default", "--seed", "3", "--steps", "5", "--batch", "4",
+              "--new-tokens", "8", "-j", "1")
+    last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert last["settings"] == "avx2,default", out
+    assert float(last["avx2_step_ratio"]) == 1.0 and float(last["default_step_ratio"]) > 0 and float(last["default_sampling_ratio"]) > 0
+    assert re.search(r"^avx2 +training step .*\[ATen AVX2, MKL AVX2, oneDNN AVX2", out, re.MULTILINE), out
+    assert re.search(r"^default +training step .*\[ATen DEFAULT, MKL COMPATIBLE", out, re.MULTILINE), out
+    assert float(last["spread_eval-base"]) >= 0 and float(last["spread_eval-midtrain"]) >= 0
+    assert re.search(r"^eval-midtrain +\d+\.\d \[", out, re.MULTILINE), out
+    assert last["verdicts_hold"].endswith("/2")

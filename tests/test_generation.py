@@ -119,7 +119,7 @@ def test_killed_generate_resumes_from_the_chunks_written(cluster, tmp_path):
 def teacher_server(tmp_path_factory):
     """`transformers serve` with tiny-teacher, on a loopback port of its own."""
     tiny.cached_teacher(MODEL_CACHE)
-    model_dir = next(MODEL_CACHE.glob("tiny-teacher-v*-seed0"))
+    model_dir = tiny.teacher_dir(MODEL_CACHE)
     server = OpenAIServer(model_dir, free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
     server.start()
     yield server

@@ -83,6 +83,15 @@ def phases(state: Path) -> dict[str, str]:
     return {s.metadata["name"]: s.status.phase for s in stages}
 
 
+def kernels_of(state: Path, stage: str) -> str:
+    """The CPU kernels a stage's trainer computed with, as its log says (gradatim/trainer/kernels.py)."""
+    for log in sorted(state.glob(f"jobs/*/{stage}-a*-master-0/pytorch.log"), reverse=True):
+        found = re.search(r"CPU kernels: (.*)", log.read_text())
+        if found:
+            return found.group(1)
+    return "not logged"
+
+
 def explain(done: subprocess.CompletedProcess, state: Path) -> str:
     logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted(state.glob("jobs/*/*/pytorch.log")))
     run_log = (state / "run.log").read_text() if (state / "run.log").exists() else ""
@@ -211,10 +220,11 @@ def test_quickstart_recipe_runs_locally_and_its_table_rises_through_sft(tmp_path
     _, _, stages = read_status(state)
     metrics = {s.metadata["name"]: s.status.metrics for s in stages if s.spec.type == "eval"}
     table = {name: (m["pass@1/math-eval"], m["pass@1_ci_low/math-eval"], m["pass@1_ci_high/math-eval"]) for name, m in metrics.items()}
+    ran_on = f"CPU kernels: {kernels_of(state, 'sft')} (sft), {kernels_of(state, 'eval-sft')} (eval-sft)"
     for before, after in (("eval-base", "eval-midtrain"), ("eval-midtrain", "eval-sft")):
-        assert table[after][0] > table[before][2], f"{after} does not beat {before}'s 95% interval: {table}"
+        assert table[after][0] > table[before][2], f"{after} does not beat {before}'s 95% interval: {table}; {ran_on}"
     for later in ("eval-dpo", "eval-grpo"):
-        assert table[later][0] >= table["eval-sft"][1], f"{later} fell below SFT's 95% interval: {table}"
+        assert table[later][0] >= table["eval-sft"][1], f"{later} fell below SFT's 95% interval: {table}; {ran_on}"
         assert "pass@1/grpo-prompts" in metrics[later], metrics[later]
 
 

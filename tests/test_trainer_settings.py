@@ -1,5 +1,6 @@
 """The typed training settings reach transformers/TRL/accelerate as they say: FSDP2, the checkpoint interval,
-the process-group timeout, the attention kernel and model-config overrides, GRPO's entropy terms."""
+the process-group timeout, the attention kernel and model-config overrides, GRPO's entropy terms; the CPU's threads
+and kernels."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from transformers import TrainingArguments
 from gradatim.api.hyperparams import GRPOParams, SFTParams
 from gradatim.cluster.kubelet import free_port
 from gradatim.api.resolved import ResolvedSource, ResolvedStageSpec
+from gradatim.storage import s3
 from gradatim.trainer.hf import fsdp_config, model_settings, training_arguments
+from gradatim.trainer.kernels import AVX2_KERNELS, cpuinfo, pin_cpu_kernels
 from gradatim.trainer.runtime import Runtime, cpu_threads
 from gradatim.trainer.sources import InputError, SourceError, load_model
 from gradatim.trainer.stages import grpo
 from gradatim.trainer.tiny import build_model, build_tokenizer
+from tests.trainer_harness import stage_spec, trainer_command
 
 
 def spec(type_: str, params: dict, interval: int | None = None, timeout: int = 1800) -> ResolvedStageSpec:
@@ -117,3 +121,40 @@ def test_the_cpu_limits_threads_hold_after_accelerate_sets_up_the_process_group(
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["1", "1"], done.stdout + done.stderr[-1000:]
+
+
+def test_the_trainer_pins_avx2_kernels_where_the_cpu_has_them_and_leaves_a_setting_already_made():
+    env: dict[str, str] = {}
+    assert pin_cpu_kernels(env, flags="sse2 avx avx2 fma avx512f", machine="x86_64") == AVX2_KERNELS and env == AVX2_KERNELS
+    env = {"MKL_CBWR": "COMPATIBLE"}  # the stage's env, or a local run's shell
+    assert pin_cpu_kernels(env, flags="avx2 fma", machine="x86_64") == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert env["MKL_CBWR"] == "COMPATIBLE"
+    assert pin_cpu_kernels(env := {}, flags="sse2 avx", machine="x86_64") == {} and env == {}, "no AVX2: its code would stop on SIGILL"
+    assert pin_cpu_kernels(env := {}, flags="", machine="aarch64") == {} and env == {}
+
+
+def test_a_cpu_run_computes_the_same_whatever_kernels_the_machine_would_pick(cluster, tmp_path):
+    """The same midtrain three times through `torchrun -m gradatim.trainer`: with no kernel settings (the trainer
+    pins AVX2) it trains exactly what explicit AVX2 settings train, and says so in its log and results; the kernels
+    of a CPU without AVX2 (settings a user may still make, and they win) train other numbers, so the pin is what
+    makes the first two agree."""
+    assert {"avx2", "fma"} <= set(cpuinfo("flags").split()), "these tests run on x86-64 CPUs with AVX2 (every CI machine)"
+    params = {"learningRate": 3e-3, "batchSize": 8, "microBatchSize": 8, "maxSteps": 6, "maxLength": 256, "precision": "fp32",
+              "gradientCheckpointing": False, "warmupRatio": 0.0}
+    inputs = {"model": {"builtin": "tiny-model"}, "data": [{"builtin": "tiny-math:train:120"}]}
+    runs = {}
+    for name, settings in (("pinned", {}), ("avx2", AVX2_KERNELS),
+                           ("no-avx2", {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"})):
+        spec = stage_spec(cluster, "midtrain", params, inputs)
+        argv, env = trainer_command(cluster, spec, tmp_path / name, env={"GRADATIM_CPU_LIMIT": "1"})
+        env = {k: v for k, v in env.items() if k not in AVX2_KERNELS} | settings  # none from this shell
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results = s3.read_json(cluster.s3_client(), spec.output.uri + "results.json")
+        runs[name] = ([h["loss"] for h in results["history"] if "loss" in h], results["cpuKernels"], done.stderr)
+    losses, kernels, log = runs["pinned"]
+    assert kernels.startswith("ATen AVX2, MKL AVX2, oneDNN AVX2, 1 thread(s) on "), kernels
+    assert "CPU kernels: ATen AVX2, MKL AVX2" in log
+    assert len(losses) == 6 and losses == runs["avx2"][0], (losses, runs["avx2"][0])
+    assert runs["no-avx2"][1].startswith("ATen DEFAULT, MKL COMPATIBLE"), runs["no-avx2"][1]
+    assert runs["no-avx2"][0] != losses, "other kernels sum in another order: the losses differ in their last bits"

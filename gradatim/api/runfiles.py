@@ -52,6 +52,9 @@ class RunResults(RunFile):
     """Training types: what each rank held of the model (how it was sharded)."""
     engine: str | None = None
     """The generation engine that ran: hf, vllm or endpoint."""
+    cpu_kernels: str | None = None
+    """A CPU run: the kernels it computed with (gradatim/trainer/kernels.py). Another machine gives the same numbers
+    where this line reads the same up to the CPU's name."""
 
 ERROR_FILE = "error.json"  # under OutputLocation.uri: why the last failed attempt failed (rank 0 writes it)
 # Where a container's termination message goes; the kubelet reads it into the pod's terminated state.

@@ -12,12 +12,16 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from gradatim.storage import s3
-from gradatim.api.resolved import ResolvedStageSpec
-from gradatim.api.runfiles import TrainerError
-from gradatim.trainer import errors
-from gradatim.trainer.report import Reporter
-from gradatim.trainer.runtime import Runtime
+from gradatim.trainer import kernels
+
+kernels.pin_cpu_kernels()  # before torch loads (runtime imports it): ATen and MKL choose their kernels once, at the first op
+
+from gradatim.storage import s3  # noqa: E402
+from gradatim.api.resolved import ResolvedStageSpec  # noqa: E402
+from gradatim.api.runfiles import TrainerError  # noqa: E402
+from gradatim.trainer import errors  # noqa: E402
+from gradatim.trainer.report import Reporter  # noqa: E402
+from gradatim.trainer.runtime import Runtime  # noqa: E402
 
 IMPLEMENTED = ("decontaminate", "dpo", "eval", "generate", "grpo", "midtrain", "sft")
 log = logging.getLogger("gradatim.trainer")
@@ -58,6 +62,8 @@ def run(spec: ResolvedStageSpec, rt: Runtime, store: Any) -> None:
         raise errors.ParamError("spec.image", f"stage type {spec.type} is not implemented by this trainer image (implemented: {', '.join(IMPLEMENTED)})")
     log.info("Started %s stage %s/%s/%s attempt %d on %d process(es), %s", spec.type, spec.namespace, spec.pipeline, spec.stage,
              spec.attempt, rt.world_size, rt.device)
+    if rt.device.type == "cpu":
+        log.info("CPU kernels: %s", kernels.describe(kernels.cpu_kernels()))
     reporter = Reporter(spec, store, enabled=rt.is_rank0, device=rt.device, world_size=rt.world_size)
     try:
         stage = importlib.import_module(f"gradatim.trainer.stages.{spec.type}")

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 from gradatim.api.resolved import FINAL_SCRAPE_ENV, ResolvedStageSpec
 from gradatim.api.runfiles import PROGRESS_FILE, RESULTS_FILE, RunProgress, RunResults
 from gradatim.storage.s3 import count_failures, write_json
+from gradatim.trainer import kernels
 from gradatim.trainer.telemetry import Device, ModelFlops, device_memory
 
 log = logging.getLogger("gradatim.trainer")
@@ -172,6 +173,8 @@ class Reporter:
 
     def results(self, metrics: dict[str, float], outputs: dict[str, str], **extra: Any) -> dict[str, Any]:
         """Writes results.json, last: its presence is what marks the run complete."""
+        if self.device.type == "cpu":
+            extra.setdefault("cpu_kernels", kernels.describe(kernels.cpu_kernels()))
         record = RunResults(metrics=metrics, outputs=outputs, duration_seconds=time.monotonic() - self.started,
                             attempt=self.spec.attempt, cache_key=self.spec.cache_key, history=self.history, **extra
                             ).model_dump(by_alias=True, mode="json", exclude_none=True)

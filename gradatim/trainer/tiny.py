@@ -288,6 +288,18 @@ def train_teacher(tokenizer, seed: int = 0, steps: int = 1800, batch_size: int =
     return model
 
 
+def teacher_dir(cache_dir, seed: int = 0):
+    """Where `tiny-teacher` is cached: by version, seed and the CPU kernels that train it (kernels.py). Other kernels
+    or another thread count train other weights, and a teacher trained in a test's process must not stand in for
+    the one a pinned trainer would train."""
+    from pathlib import Path
+
+    from gradatim.trainer.kernels import cpu_kernels
+
+    k = cpu_kernels()
+    return Path(cache_dir) / f"tiny-teacher-v{TEACHER_VERSION}-seed{seed}-{k['aten'].lower()}-mkl{k['mkl'].lower()}-{k['threads']}t"
+
+
 def cached_teacher(cache_dir, seed: int = 0, log=None, on_step=None):
     """(model, tokenizer) of `tiny-teacher`, trained on first use and kept in `cache_dir` (one writer at a time;
     other processes wait for it and load the result)."""
@@ -298,7 +310,7 @@ def cached_teacher(cache_dir, seed: int = 0, log=None, on_step=None):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = Path(cache_dir) / f"tiny-teacher-v{TEACHER_VERSION}-seed{seed}"
+    target = teacher_dir(cache_dir, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(str(target) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
